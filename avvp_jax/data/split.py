@@ -1,0 +1,34 @@
+"""The in-memory form of one data split, shared by every data source."""
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split as host arrays, ready to be put on the accelerator.
+
+  Attributes:
+    names: (N,) clip filenames.
+    audio: float32 (N, 10, 128) VGGish features.
+    video_2d: float32 (N, 10, 2048) ResNet-152 features, each segment the mean of its 8 frames.
+    video_3d: float32 (N, 10, 512) R(2+1)D-18 features.
+    labels: float32 (N, 25) weak clip-level labels.
+    gt_a, gt_v: bool (N, 25, 10) dense audio / visual truth, or None where the split has none.
+  """
+  names: np.ndarray
+  audio: np.ndarray
+  video_2d: np.ndarray
+  video_3d: np.ndarray
+  labels: np.ndarray
+  gt_a: Optional[np.ndarray] = None
+  gt_v: Optional[np.ndarray] = None
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  @property
+  def has_dense_truth(self) -> bool:
+    return self.gt_a is not None and self.gt_v is not None
