@@ -110,12 +110,13 @@ def _prototypes() -> dict:
           for k, d in dims.items()}
 
 
-def generate_split(num_clips: int, seed: int, split: str, *, noise: float = 1.0,
-                   asynchrony: float = 1.0) -> Split:
-  """Generates one split; the same arguments give the same arrays."""
-  rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
-  class_freq = np.asarray(LLP_STATS['class_freq'])
-  q = label_rates(class_freq)
+def sample_annotations(rng: np.random.Generator, num_clips: int, asynchrony: float = 1.0):
+  """Weak labels and dense truths of `num_clips` clips.
+
+  Returns:
+    labels: bool (N, 25); gt_a, gt_v: bool (N, 25, 10).
+  """
+  q = label_rates(np.asarray(LLP_STATS['class_freq']))
   labels = rng.random((num_clips, NUM_CLASSES)) < q
   for i in np.flatnonzero(~labels.any(1)):
     labels[i, rng.choice(NUM_CLASSES, p=q / q.sum())] = True
@@ -129,14 +130,21 @@ def generate_split(num_clips: int, seed: int, split: str, *, noise: float = 1.0,
       if present:
         gt[m][i, c] = _extent(rng, LLP_STATS['full'][m][c], LLP_STATS['mean_len'][m][c],
                               LLP_STATS['multi_run'][m])
+  return labels, gt['audio'], gt['visual']
 
+
+def generate_split(num_clips: int, seed: int, split: str, *, noise: float = 1.0,
+                   asynchrony: float = 1.0) -> Split:
+  """Generates one split; the same arguments give the same arrays."""
+  rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
+  labels, gt_a, gt_v = sample_annotations(rng, num_clips, asynchrony)
   protos = _prototypes()
   features = {}
-  for key, m in (('audio', 'audio'), ('video_2d', 'visual'), ('video_3d', 'visual')):
+  for key, gt in (('audio', gt_a), ('video_2d', gt_v), ('video_3d', gt_v)):
     d = protos[key].shape[1]
     # Per-event amplitude, constant over the event's segments.
     amplitude = rng.uniform(0.6, 1.4, (num_clips, NUM_CLASSES, 1)).astype(np.float32)
-    activity = (gt[m] * amplitude).transpose(0, 2, 1)  # (N, T, C)
+    activity = (gt * amplitude).transpose(0, 2, 1)  # (N, T, C)
     background = rng.standard_normal((num_clips, 1, d), np.float32) * 0.5
     x = activity @ protos[key] + background
     x += noise * rng.standard_normal(x.shape, np.float32)
@@ -145,7 +153,7 @@ def generate_split(num_clips: int, seed: int, split: str, *, noise: float = 1.0,
   names = np.array([f'syn{split}{i:05d}_0_10' for i in range(num_clips)])
   return Split(names=names, audio=features['audio'], video_2d=features['video_2d'],
                video_3d=features['video_3d'], labels=labels.astype(np.float32),
-               gt_a=gt['audio'], gt_v=gt['visual'])
+               gt_a=gt_a, gt_v=gt_v)
 
 
 def load(synthetic_config) -> dict[str, Split]:
