@@ -1,0 +1,269 @@
+"""HAN ("MMIL_Net", Tian et al., ECCV 2020): the model MA (CVPR 2021) trains.
+
+Per clip: audio, 2D-visual and 3D-visual segment features are embedded, one
+hybrid-attention layer (self-attention plus cross-modal attention, shared by
+both modalities) contextualises them, and multimodal multiple-instance
+pooling (MMIL) turns segment-level logits into clip-level probabilities.
+METHOD.md section 2 is the specification.
+
+Parameter names are kept simple (fc_a, han_layer/cross_attn/query, ...) so
+that a PyTorch port is a rename and a transpose: every `nn.Dense` kernel is
+(in, out), i.e. PyTorch's `weight.T`.
+Initialisers mirror PyTorch's defaults for `nn.Linear` and
+`nn.MultiheadAttention` (the reference never overrides them).
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avvp_jax.data import classes
+
+
+def _uniform(bound: float):
+  """U(-bound, bound) initialiser."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _linear(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
+  """Dense layer initialised like PyTorch's `nn.Linear`: U(+-1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return nn.Dense(
+      features, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=_uniform(bound), bias_init=_uniform(bound), name=name)
+
+
+def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
+  # PyTorch's epsilon and its two-pass variance.
+  return nn.LayerNorm(
+      epsilon=1e-5, use_fast_variance=False, dtype=dtype,
+      param_dtype=jnp.float32, name=name)
+
+
+class MultiHeadAttention(nn.Module):
+  """Scaled dot-product multi-head attention with q/k/v/out projections.
+
+  Params: `query`, `key`, `value`, `out`, each a Dense (d, d) kernel plus a
+  (d,) bias. Heads are contiguous slices of d_head = d / num_heads features
+  of the projected q, k and v, as in PyTorch's `nn.MultiheadAttention`.
+  """
+  num_heads: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, query, key, value, *, train: bool):
+    """query (B, Tq, d); key, value (B, Tk, d) -> (B, Tq, d)."""
+    d = query.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f'd_model={d} is not divisible by num_heads={self.num_heads}.')
+    d_head = d // self.num_heads
+    # PyTorch initialises the packed (3d, d) in-projection with Xavier-uniform
+    # and zero biases; the out-projection kernel like nn.Linear, zero bias.
+    in_bound = math.sqrt(6.0 / (d + 3 * d))
+
+    def project(x, name):
+      y = nn.Dense(
+          d, dtype=self.dtype, param_dtype=jnp.float32,
+          kernel_init=_uniform(in_bound), bias_init=nn.initializers.zeros,
+          name=name)(x)
+      return y.reshape(*x.shape[:-1], self.num_heads, d_head)
+
+    q = project(query, 'query')
+    k = project(key, 'key')
+    v = project(value, 'value')
+    scores = jnp.einsum('...qhc,...khc->...hqk', q, k) / math.sqrt(d_head)
+    # Softmax in float32 even when the matmuls run in bfloat16.
+    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
+    weights = nn.Dropout(self.dropout)(weights, deterministic=not train)
+    out = jnp.einsum('...hqk,...khc->...qhc', weights.astype(v.dtype), v)
+    out = out.reshape(*query.shape[:-1], d)
+    return nn.Dense(
+        d, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=_uniform(1.0 / math.sqrt(d)),
+        bias_init=nn.initializers.zeros, name='out')(out)
+
+
+class HybridAttentionLayer(nn.Module):
+  """One HAN layer for a query sequence q and the other modality o.
+
+    y = LayerNorm(q + Dropout(MHA_cross(q, o, o)) + Dropout(MHA_self(q, q, q)))
+    h = LayerNorm(y + Dropout(W2 Dropout(ReLU(W1 y))))
+
+  Params: `cross_attn`, `self_attn` (MultiHeadAttention), `linear1` (d, ffn),
+  `linear2` (ffn, d), `norm1`, `norm2`.
+  """
+  num_heads: int
+  ffn_dim: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, q, o, *, train: bool):
+    """q (B, T, d), o (B, T', d) -> h (B, T, d)."""
+    d = q.shape[-1]
+
+    def drop(x):
+      return nn.Dropout(self.dropout)(x, deterministic=not train)
+
+    def attention(name):
+      return MultiHeadAttention(
+          self.num_heads, self.dropout, dtype=self.dtype, name=name)
+
+    cross = attention('cross_attn')(q, o, o, train=train)
+    self_ = attention('self_attn')(q, q, q, train=train)
+    y = _layer_norm(self.dtype, 'norm1')(q + drop(cross) + drop(self_))
+    f = _linear(self.ffn_dim, d, self.dtype, 'linear1')(y)
+    f = _linear(d, self.ffn_dim, self.dtype, 'linear2')(drop(nn.relu(f)))
+    return _layer_norm(self.dtype, 'norm2')(y + drop(f))
+
+
+def mmil_pool(frame_logits, frame_att_logits, av_att_logits) -> dict:
+  """Multimodal multiple-instance pooling (float32).
+
+  Args:
+    frame_logits: (B, T, 2, C) from fc_prob; modality 0 is audio, 1 visual.
+    frame_att_logits: (B, T, 2, C) from fc_frame_att.
+    av_att_logits: (B, T, 2, C) from fc_av_att.
+
+  Returns:
+    dict with frame_prob, frame_att (softmax over T), av_att (softmax over
+    the modality axis), all (B, T, 2, C); global_prob, a_prob, v_prob (B, C).
+    a_prob and v_prob lie in [0, 1]; global_prob, as in the reference, only in
+    [0, 2] (av_att may weight a different segment per modality), so the BCE
+    clip is what keeps it a probability.
+  """
+  f32 = lambda x: jnp.asarray(x).astype(jnp.float32)
+  frame_prob = jax.nn.sigmoid(f32(frame_logits))
+  frame_att = jax.nn.softmax(f32(frame_att_logits), axis=-3)
+  av_att = jax.nn.softmax(f32(av_att_logits), axis=-2)
+  temporal = frame_att * frame_prob
+  return {
+      'global_prob': jnp.sum(temporal * av_att, axis=(-3, -2)),
+      'a_prob': jnp.sum(temporal[..., 0, :], axis=-2),
+      'v_prob': jnp.sum(temporal[..., 1, :], axis=-2),
+      'frame_prob': frame_prob,
+      'frame_att': frame_att,
+      'av_att': av_att,
+  }
+
+
+def _segment_mean(video_2d, num_segments: int):
+  """(B, 8T, D) frames -> (B, T, D) segment means; (B, T, D) passes through.
+
+  Averaging before fc_v equals averaging after it because fc_v is affine.
+  """
+  n = video_2d.shape[-2]
+  if n == num_segments:
+    return video_2d
+  if n != classes.FRAMES_PER_SEGMENT * num_segments:
+    raise ValueError(
+        f'video_2d has {n} frames; expected {num_segments} (pre-averaged) or '
+        f'{classes.FRAMES_PER_SEGMENT * num_segments}.')
+  frames = video_2d.reshape(
+      *video_2d.shape[:-2], num_segments, classes.FRAMES_PER_SEGMENT,
+      video_2d.shape[-1])
+  return jnp.mean(frames, axis=-2)
+
+
+class HAN(nn.Module):
+  """The HAN / MMIL_Net model.
+
+  Parameter count at the reference sizes (d = 512, FFN 512, 25 classes,
+  inputs 128 / 2048 / 512), weights + biases of each layer:
+
+    fc_a       128 x 512 + 512                         =    66,048
+    fc_v       2048 x 512 + 512                        = 1,049,088
+    fc_st      512 x 512 + 512                         =   262,656
+    fc_fusion  1024 x 512 + 512                        =   524,800
+    han_layer
+      cross_attn  4 x (512 x 512 + 512)  (q, k, v, out) = 1,050,624
+      self_attn   4 x (512 x 512 + 512)                 = 1,050,624
+      linear1     512 x 512 + 512                       =   262,656
+      linear2     512 x 512 + 512                       =   262,656
+      norm1, norm2  2 x (512 scale + 512 bias)          =     2,048
+                                               layer    = 2,628,608
+    fc_prob, fc_frame_att, fc_av_att  3 x (512 x 25 + 25) =  38,475
+    total                                               = 4,569,675
+
+  The number of heads does not change the count.
+  """
+  d_model: int = 512
+  num_heads: int = 1
+  ffn_dim: int = 512
+  dropout: float = 0.1
+  num_classes: int = classes.NUM_CLASSES
+  audio_dim: int = classes.AUDIO_DIM
+  video_2d_dim: int = classes.VIDEO_2D_DIM
+  video_3d_dim: int = classes.VIDEO_3D_DIM
+  dtype: str = 'float32'  # 'bfloat16': bf16 compute, float32 params.
+
+  @classmethod
+  def from_config(cls, model_config) -> 'HAN':
+    """Builds the model from `config.model` (configs/ma.py)."""
+    return cls(
+        d_model=model_config.d_model,
+        num_heads=model_config.num_heads,
+        ffn_dim=model_config.ffn_dim,
+        dropout=model_config.dropout,
+        num_classes=model_config.num_classes,
+        audio_dim=model_config.audio_dim,
+        video_2d_dim=model_config.video_2d_dim,
+        video_3d_dim=model_config.video_3d_dim,
+        dtype=model_config.dtype)
+
+  @nn.compact
+  def __call__(self, audio, video_2d, video_3d, *, train: bool) -> dict:
+    """Forward pass; audio and visual may come from different clips.
+
+    Args:
+      audio: (B, T, audio_dim) VGGish features.
+      video_2d: (B, T, video_2d_dim) segment-averaged ResNet features, or
+        (B, 8T, video_2d_dim) at 8 frames per second.
+      video_3d: (B, T, video_3d_dim) R(2+1)D features.
+      train: enables dropout (rng collection 'dropout').
+
+    Returns:
+      dict of float32 arrays: global_prob, a_prob, v_prob (B, C);
+      frame_prob, frame_att, av_att (B, T, 2, C), modality 0 audio, 1 visual;
+      h_a (B, T, d) audio after the HAN layer and v (B, T, d) the visual
+      embedding before it (inputs of the contrastive loss).
+    """
+    dtype = jnp.dtype(self.dtype)
+    d = self.d_model
+    video_2d = _segment_mean(video_2d, audio.shape[-2])
+
+    a = _linear(d, self.audio_dim, dtype, 'fc_a')(audio)
+    v2d = _linear(d, self.video_2d_dim, dtype, 'fc_v')(video_2d)
+    s = _linear(d, self.video_3d_dim, dtype, 'fc_st')(video_3d)
+    v = _linear(d, 2 * d, dtype, 'fc_fusion')(jnp.concatenate([v2d, s], -1))
+
+    # One shared layer for both modalities: h_a = layer(a, v) and
+    # h_v = layer(v, a) run as a single call on 2B rows.
+    layer = HybridAttentionLayer(
+        self.num_heads, self.ffn_dim, self.dropout, dtype=dtype,
+        name='han_layer')
+    batch = a.shape[0]
+    h = layer(jnp.concatenate([a, v], 0), jnp.concatenate([v, a], 0),
+              train=train)
+    h_a, h_v = h[:batch], h[batch:]
+
+    x = jnp.stack([h_a, h_v], axis=-2)  # (B, T, 2, d)
+    head = lambda name: _linear(self.num_classes, d, dtype, name)(x)
+    out = mmil_pool(head('fc_prob'), head('fc_frame_att'), head('fc_av_att'))
+    out['h_a'] = h_a.astype(jnp.float32)
+    out['v'] = v.astype(jnp.float32)
+    return out
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter pytree (arrays or ShapeDtypeStructs)."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
