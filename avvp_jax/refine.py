@@ -1,0 +1,198 @@
+"""Stage 2: modality-aware label refinement by swapping tracks between unrelated clips.
+
+For each training clip i and partner j with a disjoint label set, the frozen base model sees
+(V_i, A_j) ("changed audio") and (V_j, A_i) ("changed visual"). A labelled event that the
+model stops seeing when a track is replaced was carried by that track only: the rule of
+METHOD.md section 4 then drops the label from the other modality's target. K partners per clip
+are evaluated at once with `jax.vmap` and their probabilities averaged; K = 1 is the paper.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from avvp_jax import train
+from avvp_jax.data import Split
+from avvp_jax.models import HAN
+
+MAX_DRAW_ROUNDS = 50
+
+
+def draw_partners(labels: np.ndarray, num_partners: int, rng: np.random.Generator) -> np.ndarray:
+  """For each clip, `num_partners` clips whose label sets are disjoint from its own.
+
+  Args:
+    labels: bool (N, 25) weak labels.
+  Returns:
+    int (N, K) partner indices, drawn uniformly among the disjoint clips (with replacement).
+  """
+  labels = np.asarray(labels, bool)
+  n = len(labels)
+  partners = rng.integers(0, n, (n, num_partners))
+  for _ in range(MAX_DRAW_ROUNDS):  # Rejection sampling: cheap while most draws succeed.
+    bad = (labels[:, None, :] & labels[partners]).any(-1)
+    if not bad.any():
+      return partners
+    partners[bad] = rng.integers(0, n, bad.sum())
+  for i in np.flatnonzero(bad.any(1)):  # The rare clips whose disjoint partners are few.
+    candidates = np.flatnonzero(~(labels & labels[i]).any(1))
+    if not len(candidates):
+      raise ValueError(f'Training clip {i} shares a label with every other clip: no partner '
+                       'with a disjoint label set exists for the refinement.')
+    partners[i, bad[i]] = rng.choice(candidates, bad[i].sum())
+  return partners
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _swapped_probs(model: HAN, params, data: dict, idx, partners) -> dict:
+  """Mean over the K partners of a_prob / v_prob on the two swapped pairings, (B, 25) each.
+
+  idx: (B,) clips i; partners: (B, K) clips j.
+  """
+  def apply(a, v2, v3):
+    out = model.apply({'params': params}, data['audio'][a], data['video_2d'][v2],
+                      data['video_3d'][v3], train=False)
+    return out['a_prob'], out['v_prob']
+
+  def one_partner(j):  # j: (B,)
+    a_ca, v_ca = apply(j, idx, idx)  # (V_i, A_j): changed audio.
+    a_cv, v_cv = apply(idx, j, j)  # (V_j, A_i): changed visual.
+    return {'a_changed_audio': a_ca, 'v_changed_audio': v_ca,
+            'a_changed_visual': a_cv, 'v_changed_visual': v_cv}
+
+  return jax.tree.map(lambda x: x.mean(0), jax.vmap(one_partner, in_axes=1)(partners))
+
+
+def swapped_probs(model: HAN, params, split: Split, partners: np.ndarray,
+                  pairs_per_batch: int) -> dict[str, np.ndarray]:
+  """`_swapped_probs` over the whole split in fixed-size batches; host arrays (N, 25)."""
+  data = jax.device_put({k: getattr(split, k) for k in train.INPUTS})
+  n, k = partners.shape
+  batch = max(1, pairs_per_batch // k)
+  outs = []
+  for start in range(0, n, batch):
+    idx = np.arange(start, start + batch) % n  # Wrap the last batch: one compiled shape.
+    outs.append(_swapped_probs(model, params, data, idx, partners[idx]))
+  return {key: np.concatenate([np.asarray(o[key]) for o in outs])[:n] for key in outs[0]}
+
+
+def normalised_error(prob: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+  """E[c] = err[c] / max(err): per-class error rate of `prob >= threshold` against the labels.
+
+  A class (or model) with no error gets E = 0, which never drops a label (the reference's
+  division gives inf or nan there, which compares the same way).
+  """
+  err = ((prob >= threshold) != (labels > 0)).mean(0)
+  return err / err.max() if err.max() > 0 else np.zeros_like(err)
+
+
+def refine_labels(orig: dict, swapped: dict, labels: np.ndarray, threshold: float = 0.5,
+                  modalities: str = 'both') -> tuple[np.ndarray, np.ndarray]:
+  """The refinement rule of METHOD.md section 4.
+
+  Args:
+    orig: a_prob, v_prob (N, 25) on the original pairs.
+    swapped: output of `swapped_probs`.
+    labels: (N, 25) weak labels.
+    modalities: which targets may lose labels: 'audio', 'visual' or 'both'.
+  Returns:
+    drop_a, drop_v: bool (N, 25), True where the label is removed from that modality's target.
+  """
+  if modalities not in ('audio', 'visual', 'both'):
+    raise ValueError(f'refine.modalities must be audio, visual or both, not {modalities!r}.')
+  labelled = labels > 0
+  e_v = normalised_error(orig['v_prob'], labels, threshold)
+  e_a = normalised_error(orig['a_prob'], labels, threshold)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    below = lambda p, e: np.where(e > 0, p / e, np.inf) < threshold
+    drop_v = labelled & below(swapped['v_changed_audio'], e_v) & below(
+        swapped['a_changed_audio'], e_v)
+    drop_a = labelled & below(swapped['a_changed_visual'], e_a) & below(
+        swapped['v_changed_visual'], e_a)
+  if modalities == 'audio':
+    drop_v = np.zeros_like(drop_v)
+  if modalities == 'visual':
+    drop_a = np.zeros_like(drop_a)
+  return drop_a, drop_v
+
+
+def refinement_stats(labels: np.ndarray, drop_a: np.ndarray, drop_v: np.ndarray,
+                     gt_a=None, gt_v=None) -> dict:
+  """How many labels were dropped per modality and, where dense truth exists, how well.
+
+  A dropped audio label is correct when the event is not audible anywhere in the clip;
+  precision = correct drops / drops, recall = correct drops / labels absent from the modality.
+  """
+  labelled = labels > 0
+  stats = {'labels': int(labelled.sum())}
+  for m, drop, gt in (('audio', drop_a, gt_a), ('visual', drop_v, gt_v)):
+    stats[f'{m}/dropped'] = int(drop.sum())
+    if gt is not None:
+      absent = labelled & ~gt.any(-1)
+      correct = int((drop & absent).sum())
+      stats[f'{m}/absent'] = int(absent.sum())
+      stats[f'{m}/precision'] = 100 * correct / max(int(drop.sum()), 1)
+      stats[f'{m}/recall'] = 100 * correct / max(int(absent.sum()), 1)
+  return stats
+
+
+def format_stats(stats: dict) -> str:
+  lines = [f'Refinement: {stats["labels"]} weak labels on the train split']
+  for m in ('audio', 'visual'):
+    line = f'  {m:6s} dropped {stats[f"{m}/dropped"]:5d}'
+    if f'{m}/precision' in stats:
+      line += (f'  (truly absent {stats[f"{m}/absent"]:5d})  precision '
+               f'{stats[f"{m}/precision"]:5.1f}  recall {stats[f"{m}/recall"]:5.1f}')
+    lines.append(line)
+  return '\n'.join(lines)
+
+
+def refine_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'refine')
+
+
+def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
+  """Stage 2: refined targets from the frozen base model, saved through Orbax.
+
+  Saves {drop_a, drop_v} bool (N, 25) and the statistics under <workdir>/refine, which marks the
+  stage done. Returns the statistics.
+  """
+  done = load_refined(workdir)
+  if done is not None:
+    print(f'[refine] found in {refine_dir(workdir)}, not redone', flush=True)
+    return done['stats']
+  rc = config.refine
+  split = splits['train']
+  model = HAN.from_config(config.model)
+  params = train.stage_params(config, workdir, 'base', config.train.base_selection)
+  rng = np.random.default_rng([config.seed, 2])
+  partners = draw_partners(split.labels, rc.num_partners, rng)
+  orig = train.predict(model, params, split, config.train.eval_batch_size)
+  swapped = swapped_probs(model, params, split, partners, rc.batch_size)
+  drop_a, drop_v = refine_labels(orig, swapped, split.labels, rc.threshold, rc.modalities)
+  stats = refinement_stats(split.labels, drop_a, drop_v, split.gt_a, split.gt_v)
+  print(format_stats(stats))
+  with ocp.CheckpointManager(refine_dir(workdir),
+                             options=ocp.CheckpointManagerOptions(create=True)) as mngr:
+    mngr.save(0, args=ocp.args.Composite(
+        targets=ocp.args.StandardSave({'drop_a': drop_a, 'drop_v': drop_v,
+                                       'partners': partners}),
+        stats=ocp.args.JsonSave(stats)))
+    mngr.wait_until_finished()
+  return stats
+
+
+def load_refined(workdir: str):
+  """{'drop_a', 'drop_v', 'partners', 'stats'} saved by `refine_stage`, or None if not there."""
+  if not os.path.isdir(refine_dir(workdir)):
+    return None
+  with ocp.CheckpointManager(refine_dir(workdir)) as mngr:
+    if mngr.latest_step() is None:
+      return None
+    restored = mngr.restore(0, args=ocp.args.Composite(
+        targets=ocp.args.StandardRestore(), stats=ocp.args.JsonRestore()))
+  return {**{k: np.asarray(v) for k, v in restored.targets.items()}, 'stats': restored.stats}
