@@ -1,0 +1,136 @@
+"""The three-stage pipeline end to end: the chain of checkpoints, resume after a real kill."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from avvp_jax import pipeline, refine, train
+from configs import ma
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = {
+    'model.d_model': 32, 'model.ffn_dim': 32,
+    'data.synthetic.num_train': 48, 'data.synthetic.num_val': 16, 'data.synthetic.num_test': 16,
+    'train.epochs': 3, 'train.lr_decay_every': 2,
+}
+
+
+def _tiny_config(**extra):
+  config = ma.get_config('cr')
+  config.update_from_flattened_dict({**TINY, **extra})
+  return config
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_three_stages_chain_through_the_workdir(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = _tiny_config()
+  out = pipeline.run(config, workdir)
+  assert set(out) == {'base', 'refine', 'final'}
+
+  # base checkpoint -> refined targets -> final checkpoint, each found by the next stage.
+  for stage in ('base', 'final'):
+    state = train.restore_state(config, workdir, stage)
+    assert int(state.step) == 3 * 3  # 3 epochs of ceil(48 / 16) steps
+    with open(train.stage_paths(workdir, stage)['report']) as f:
+      report = json.load(f)
+    assert report['split'] == 'test' and report['num_clips'] == 16
+    assert report['config_name'] == 'ma:cr' and len(report['results']) == 10
+  refined = refine.load_refined(workdir)
+  labels = pipeline.load_splits(config.data)['train'].labels > 0
+  for key in ('drop_a', 'drop_v'):
+    assert refined[key].shape == (48, 25) and refined[key].dtype == bool
+    assert not (refined[key] & ~labels).any(), 'dropped labels are a subset of the weak labels'
+  assert refined['partners'].shape == (48, 1)
+  assert refined['stats']['labels'] == labels.sum()
+  assert {'audio/precision', 'visual/recall'} <= set(refined['stats'])
+
+  records = _records(workdir)
+  assert [(r['stage'], r['epoch']) for r in records] == [
+      (s, e) for s in ('base', 'final') for e in (1, 2, 3)]
+  assert records[0]['lr'] == pytest.approx(3e-4) and records[2]['lr'] == pytest.approx(3e-5)
+  assert {'global', 'audio', 'visual', 'contrastive', 'total'} == set(records[0]['train'])
+
+  # Rerunning finds every stage done and changes nothing.
+  report = train.stage_paths(workdir, 'final')['report']
+  mtime = os.path.getmtime(report)
+  again = pipeline.run(config, workdir)
+  assert again['final']['results'] == out['final']
+  assert os.path.getmtime(report) == mtime and len(_records(workdir)) == 6
+
+
+def test_one_stage_config_skips_refinement(tmp_path):
+  out = pipeline.run(_tiny_config(**{'refine.enabled': False, 'train.epochs': 1}),
+                     str(tmp_path))
+  assert set(out) == {'base'}
+  assert not os.path.exists(refine.refine_dir(str(tmp_path)))
+
+
+def test_another_config_in_the_same_workdir_is_refused(tmp_path):
+  config = _tiny_config()
+  pipeline.check_or_save_config(config, str(tmp_path))
+  other = _tiny_config(**{'loss.tau': 0.1})
+  with pytest.raises(ValueError, match=r'loss.tau: 0.2 in the workdir, 0.1 now'):
+    pipeline.check_or_save_config(other, str(tmp_path))
+
+
+def _main_command(workdir):
+  overrides = [f'--config.{k}={v}' for k, v in TINY.items()]
+  return [sys.executable, str(ROOT / 'launch' / 'main.py'), '--config=configs/ma.py',
+          f'--workdir={workdir}', *overrides]
+
+
+def _run_until(workdir, env, stage, epoch, timeout=240):
+  """Starts main.py and SIGKILLs it once metrics.jsonl records `stage` at `epoch`."""
+  proc = subprocess.Popen(_main_command(workdir), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  try:
+    while time.time() < deadline:
+      path = os.path.join(workdir, 'metrics.jsonl')
+      if os.path.exists(path) and any(
+          r['stage'] == stage and r['epoch'] >= epoch for r in _records(workdir)):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return
+      if proc.poll() is not None:
+        pytest.fail(f'main.py ended (exit {proc.returncode}) before {stage} epoch {epoch}')
+      time.sleep(0.05)
+    pytest.fail(f'{stage} epoch {epoch} not reached in {timeout} s')
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'xla_cache')}
+  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  subprocess.run(_main_command(straight), cwd=ROOT, env=env, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+  _run_until(killed, env, 'base', 2)  # killed inside stage 1
+  _run_until(killed, env, 'final', 1)  # resumed, then killed inside stage 3
+  subprocess.run(_main_command(killed), cwd=ROOT, env=env, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+  for stage in ('base', 'final'):
+    reports = []
+    for workdir in (straight, killed):
+      with open(train.stage_paths(workdir, stage)['report']) as f:
+        reports.append(json.load(f))
+    assert reports[0] == reports[1], stage  # exactly equal on CPU
+  strip = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]
+  assert strip(_records(killed)) == strip(_records(straight))
+  np.testing.assert_array_equal(refine.load_refined(killed)['drop_v'],
+                                refine.load_refined(straight)['drop_v'])
