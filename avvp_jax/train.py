@@ -153,6 +153,10 @@ def predict(model: HAN, params, split: Split, batch_size: int) -> dict[str, np.n
 
   Returns host arrays: global_prob, a_prob, v_prob (N, 25); frame_prob (N, T, 2, 25).
   """
+  mesh = make_mesh()
+  batch_size = -(-batch_size // mesh.size) * mesh.size  # Shardable along 'data'.
+  batch_sharding = NamedSharding(mesh, P('data'))
+  params = jax.device_put(params, NamedSharding(mesh, P()))
   n = len(split)
   outs = []
   for start in range(0, n, batch_size):
@@ -160,7 +164,7 @@ def predict(model: HAN, params, split: Split, batch_size: int) -> dict[str, np.n
     pad = batch_size - len(inputs[0])
     if pad:  # One shape for every batch: no recompilation for the last one.
       inputs = [np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) for x in inputs]
-    outs.append(_forward(model, params, *inputs))
+    outs.append(_forward(model, params, *jax.device_put(inputs, batch_sharding)))
   return {k: np.concatenate([np.asarray(o[k]) for o in outs])[:n] for k in outs[0]}
 
 
