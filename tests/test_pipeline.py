@@ -134,3 +134,30 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   assert strip(_records(killed)) == strip(_records(straight))
   np.testing.assert_array_equal(refine.load_refined(killed)['drop_v'],
                                 refine.load_refined(straight)['drop_v'])
+
+
+MULTI_DEVICE_SCRIPT = """
+import json, sys
+import jax
+from configs import ma
+from avvp_jax import pipeline
+config = ma.get_config('cr')
+config.update_from_flattened_dict(json.loads(sys.argv[1]))
+out = pipeline.run(config, sys.argv[2])
+print(json.dumps({'devices': jax.device_count(), 'final': out['final']}))
+"""
+
+
+def test_two_devices_run_the_same_pipeline(tmp_path):
+  """The mesh code runs unchanged on 2 (simulated) devices and gives the 1-device numbers."""
+  overrides = {**TINY, 'train.epochs': 2, 'train.eval_batch_size': 7}
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+         'PYTHONPATH': str(ROOT)}
+  proc = subprocess.run([sys.executable, '-c', MULTI_DEVICE_SCRIPT, json.dumps(overrides),
+                         str(tmp_path / 'two')], cwd=ROOT, env=env, check=True,
+                        capture_output=True, text=True)
+  two = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert two['devices'] == 2
+  one = pipeline.run(_tiny_config(**overrides), str(tmp_path / 'one'))['final']
+  for key, value in one.items():
+    assert abs(two['final'][key] - value) < 0.5, key
