@@ -42,6 +42,14 @@ def test_modality_asynchrony_matches_llp(annotations):
   assert 0.72 < (audible & ~visible)[labels[:, 0], 0].mean() < 0.80
 
 
+def test_audible_and_visible_events_share_their_extent_as_in_llp(annotations):
+  labels, gt_a, gt_v = annotations
+  both = labels & gt_a.any(-1) & gt_v.any(-1)
+  identical = (gt_a[both] == gt_v[both]).all(-1).mean()
+  # Copying is calibrated on full-clip coincidences only; partial ones add a little.
+  assert abs(identical - synthetic.LLP_STATS['av_identical']) < 0.03
+
+
 def test_dense_truth_only_where_labelled(annotations):
   labels, gt_a, gt_v = annotations
   assert not (gt_a.any(-1) & ~labels).any()

@@ -9,6 +9,9 @@ prints the `LLP_STATS` literal kept in `avvp_jax/data/synthetic.py`. Statistics:
   * `full[m][c]`: for modality m, the fraction of present (clip, c) pairs whose event covers all
     10 segments; `mean_len[m][c]`: the mean number of covered segments when it does not.
   * `multi_run[m]`: fraction of present, not-full (clip, class) pairs with more than one event.
+  * `av_identical`: fraction of the audible-and-visible (clip, class) pairs whose audio and
+    visual extents are the same segments (a sound and its visible source mostly start and
+    stop together).
 """
 
 import os
@@ -59,6 +62,9 @@ def derive(llp_dir: str) -> dict:
                    for c in range(NUM_CLASSES)]
     multi_run[m] = float((_num_runs(gt[m])[partial] > 1).mean())
 
+  both = labels & audible & visible
+  av_identical = float((gt['audio'][both] == gt['visual'][both]).all(-1).mean())
+
   r = lambda x: [round(float(v), 4) for v in x]
   return {
       'class_freq': r(train_labels.mean(0)),
@@ -66,6 +72,7 @@ def derive(llp_dir: str) -> dict:
       'full': {m: r(v) for m, v in full.items()},
       'mean_len': {m: r(v) for m, v in mean_len.items()},
       'multi_run': {m: round(v, 4) for m, v in multi_run.items()},
+      'av_identical': round(av_identical, 4),
   }
 
 

@@ -14,7 +14,8 @@ prototype times a per-event amplitude, plus Gaussian noise (`noise` scales it). 
 real-valued (like VGGish embeddings); the two visual features go through a ReLU, since ResNet
 and R(2+1)D features are pooled post-ReLU activations (non-negative, sparse). The shapes are
 those of the release: audio (10, 128), 2D visual pre-averaged (10, 2048), 3D visual (10, 512).
-Audio and visual extents of an event that is both audible and visible are drawn independently.
+An event that is both audible and visible has the same audio and visual extent as often as in
+LLP (60 % of such pairs); otherwise the two extents are drawn independently.
 """
 
 import numpy as np
@@ -54,7 +55,8 @@ LLP_STATS = {'class_freq': [0.4988, 0.0624, 0.0528, 0.0761, 0.0192, 0.0343, 0.04
               'visual': [4.1111, 6.0938, 4.4, 6.6522, 6.0833, 4.6364, 3.9324, 6.0, 6.2, 5.6,
                          4.4, 5.9538, 5.4167, 5.4615, 6.6316, 5.5556, 4.5, 6.875, 6.2609,
                          5.8696, 4.7826, 5.2857, 6.6071, 6.125, 3.7736]},
- 'multi_run': {'audio': 0.3654, 'visual': 0.2881}}
+ 'multi_run': {'audio': 0.3654, 'visual': 0.2881},
+ 'av_identical': 0.6026}
 
 SPLIT_SEEDS = {'train': 0, 'val': 1, 'test': 2}
 PROTOTYPE_SEED = 12345  # The classes' prototypes are the same for every data seed.
@@ -81,6 +83,17 @@ def label_rates(class_freq: np.ndarray) -> np.ndarray:
     p_none = np.prod(1 - q)
     q = class_freq / (1 + p_none / q.sum())
   return q
+
+
+def copy_probs() -> np.ndarray:
+  """Per class, how often a visual extent copies the audio one, (25,).
+
+  Independent draws already coincide when both are full-clip (probability full_a * full_v;
+  partial coincidences are rare), so copying with p = (r - q) / (1 - q), q = full_a * full_v,
+  makes identical extents occur at LLP's rate r = `av_identical`.
+  """
+  q = np.asarray(LLP_STATS['full']['audio']) * np.asarray(LLP_STATS['full']['visual'])
+  return np.clip((LLP_STATS['av_identical'] - q) / (1 - q), 0.0, 1.0)
 
 
 def _extent(rng, full: float, mean_len: float, multi_run: float) -> np.ndarray:
@@ -122,6 +135,7 @@ def sample_annotations(rng: np.random.Generator, num_clips: int, asynchrony: flo
     labels[i, rng.choice(NUM_CLASSES, p=q / q.sum())] = True
 
   kind_p = modality_probs(asynchrony)
+  p_copy = copy_probs()
   gt = {'audio': np.zeros((num_clips, NUM_CLASSES, NUM_SEGMENTS), bool)}
   gt['visual'] = np.zeros_like(gt['audio'])
   for i, c in zip(*np.nonzero(labels)):
@@ -130,6 +144,8 @@ def sample_annotations(rng: np.random.Generator, num_clips: int, asynchrony: flo
       if present:
         gt[m][i, c] = _extent(rng, LLP_STATS['full'][m][c], LLP_STATS['mean_len'][m][c],
                               LLP_STATS['multi_run'][m])
+    if kind == 2 and rng.random() < p_copy[c]:
+      gt['visual'][i, c] = gt['audio'][i, c]
   return labels, gt['audio'], gt['visual']
 
 
