@@ -1,0 +1,204 @@
+"""The benchmark suite: its PyTorch yardstick computes HAN's function, and the suite runs."""
+
+import json
+import os
+
+# As benchmarks/run.py does, before torch loads OpenMP: spinning barriers on a shared CPU
+# would slow the quick run down several times.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from avvp_jax import losses
+from avvp_jax.models import HAN, HybridAttentionLayer
+from benchmarks import flops, profiling, run, torch_han
+from configs import ma
+
+B, T = 3, 10
+OUTPUTS = ('global_prob', 'a_prob', 'v_prob', 'frame_prob', 'frame_att', 'av_att', 'h_a', 'v')
+
+
+def _reference_sizes():
+  c = ma.get_config().model
+  return dict(d_model=c.d_model, num_heads=c.num_heads, ffn_dim=c.ffn_dim, dropout=c.dropout,
+              num_classes=c.num_classes, audio_dim=c.audio_dim, video_2d_dim=c.video_2d_dim,
+              video_3d_dim=c.video_3d_dim)
+
+
+def _batch(sizes, seed=0):
+  """Random inputs with the 2D features at 80 frames (both models take them) and targets."""
+  rng = np.random.default_rng(seed)
+  labels = (rng.uniform(size=(B, sizes['num_classes'])) < 0.2).astype(np.float32)
+  return {
+      'audio': rng.normal(size=(B, T, sizes['audio_dim'])).astype(np.float32),
+      'video_2d': np.maximum(rng.normal(size=(B, 8 * T, sizes['video_2d_dim'])), 0).astype(
+          np.float32),
+      'video_3d': np.maximum(rng.normal(size=(B, T, sizes['video_3d_dim'])), 0).astype(
+          np.float32),
+      'y_global': labels, 'y_a': labels, 'y_v': 0.9 * labels + 0.05,
+  }
+
+
+def _jax_loss(model, params, batch):
+  out = model.apply({'params': params}, batch['audio'], batch['video_2d'], batch['video_3d'],
+                    train=False)
+  mil, _ = losses.mil_loss(out, batch['y_global'], batch['y_a'], batch['y_v'])
+  return mil + losses.contrastive_loss(out['h_a'], out['v']), out
+
+
+def test_torch_han_computes_the_flax_function():
+  """Flax parameters ported into the PyTorch model: same outputs, loss and gradients."""
+  sizes = _reference_sizes()
+  model = HAN(**sizes)
+  batch = _batch(sizes)
+  params = run._init_params(model)  # pylint: disable=protected-access  # Shared with the run.
+  (loss, out), grads = jax.jit(jax.value_and_grad(
+      lambda p: _jax_loss(model, p, batch), has_aux=True))(params)
+
+  t_model = torch_han.load_flax_params(torch_han.HAN(**sizes), params).eval()
+  t_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+  t_out = t_model(t_batch['audio'], t_batch['video_2d'], t_batch['video_3d'])
+  t_loss = torch_han.total_loss(t_out, t_batch)
+  t_loss.backward()
+
+  assert set(t_out) == set(OUTPUTS) and set(out) == set(OUTPUTS)
+  for k in OUTPUTS:
+    np.testing.assert_allclose(t_out[k].detach().numpy(), out[k], rtol=1e-4, atol=1e-5,
+                               err_msg=k)
+  np.testing.assert_allclose(t_loss.item(), loss, rtol=1e-5)
+  expected = torch_han.state_dict_from_flax(grads)
+  got = {name: p.grad for name, p in t_model.named_parameters()}
+  assert set(got) == set(expected)
+  # Absolute tolerance on the scale of the largest gradient: some are 0 up to rounding (a
+  # bias before a softmax over T, which cancels it).
+  scale = max(float(g.abs().max()) for g in expected.values())
+  for name, grad in got.items():
+    np.testing.assert_allclose(grad.numpy(), expected[name].numpy(), rtol=1e-3,
+                               atol=1e-5 * scale, err_msg=name)
+
+
+def test_torch_layer_splits_heads_as_flax():
+  """Two heads: nn.MultiheadAttention's packed projections hold Flax's per-head slices."""
+  layer = HybridAttentionLayer(num_heads=2, ffn_dim=48, dropout=0.1)
+  rng = np.random.default_rng(2)
+  q = rng.normal(size=(B, T, 32)).astype(np.float32)
+  o = rng.normal(size=(B, 7, 32)).astype(np.float32)  # The other modality: T' = 7.
+  params = jax.jit(lambda key: layer.init(key, q, o, train=False))(jax.random.key(0))['params']
+  expected = jax.jit(lambda p: layer.apply({'params': p}, q, o, train=False))(params)
+  t_layer = torch_han.load_flax_params(torch_han.HybridAttentionLayer(32, 2, 48, 0.1),
+                                       params).eval()
+  got = t_layer(torch.from_numpy(q), torch.from_numpy(o)).detach().numpy()
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_contrastive_smoothing_is_the_spec():
+  """0.9 on the matching segment and 0.1 / 9 on each other one, not PyTorch's 0.1 / 10."""
+  rng = np.random.default_rng(0)
+  h_a, v = (rng.normal(size=(2, T, 8)).astype(np.float32) for _ in range(2))
+  expected = losses.contrastive_loss(h_a, v, tau=0.2, label_smoothing=0.1)
+  got = torch_han.contrastive_loss(torch.from_numpy(h_a), torch.from_numpy(v), 0.2, 0.1)
+  np.testing.assert_allclose(got.item(), expected, rtol=1e-5)
+
+
+def test_torch_dataset_gives_80_frames_whose_means_are_the_segments():
+  rng = np.random.default_rng(0)
+  video_2d = rng.normal(size=(4, T, 6)).astype(np.float32)
+  dataset = torch_han.ClipDataset(np.zeros((4, T, 2)), video_2d, np.zeros((4, T, 3)),
+                                  {'y_a': jnp.ones((4, 25))})
+  clip = dataset[2]
+  assert clip['video_2d'].shape == (8 * T, 6) and clip['y_a'].shape == (25,)
+  np.testing.assert_allclose(clip['video_2d'].reshape(T, 8, 6).mean(1), video_2d[2],
+                             rtol=1e-6)
+
+
+def test_flop_count_is_written_down_per_layer():
+  counts = flops.han()
+  assert flops.format_counts(counts) in flops.__doc__
+  total = flops.total(counts)
+  assert (total.forward, total.backward) == (145_326_080, 263_127_040)
+  assert flops.per_clip() == 408_453_120
+  # fc_v on the 80 frames adds 70 forward-rows of 2048 x 512, weight gradient only.
+  assert flops.per_clip(frames_2d=80) - flops.per_clip() == 2 * 2 * 70 * 2048 * 512
+  layer = {c.name: c for c in flops.hybrid_layer(sequences=1)}
+  assert layer['self_attn projections'].forward == 4 * 2 * 10 * 512 * 512
+
+
+def test_refine_flop_ratio_shares_the_own_embedding():
+  assert run.refine_flop_ratio(1) == 1.0
+  assert 13.5 < run.refine_flop_ratio(16) < 16
+
+
+def test_profile_breakdown_of_a_small_step():
+  def loss(w, x, key):
+    keep = jax.random.bernoulli(key, 0.9, x.shape)
+    return jnp.sum(jnp.tanh(jnp.where(keep, x, 0.0) @ w))
+
+  step = jax.jit(lambda w, x, key: w - 0.1 * jax.grad(loss)(w, x, key))
+  w, x = jnp.ones((64, 64)), jnp.ones((256, 64))
+  key = jax.random.key(0, impl='rbg')
+  call = lambda: jax.block_until_ready(step(w, x, key))
+  call()
+  shares = profiling.breakdown(call, step.lower(w, x, key).compile().as_text(), calls=2)
+  assert set(shares) == set(profiling.CATEGORIES)
+  assert sum(shares.values()) == pytest.approx(1.0)
+  assert shares['matrix products'] > 0 and shares['random bits'] > 0
+
+
+def _report(backend, speedup):
+  target = run.target('step_vs_torch', speedup, speedup >= 2, f'{speedup:.2f}x',
+                      run.step_reason(0.65, 0.6, 1.72, {'matrix products': 0.7,
+                                                        'random bits': 0.3}))
+  return {'date': '2026-01-01', 'profile': 'cpu', 'seconds': 1.0,
+          'machine': {'backend': backend, 'device': backend, 'devices': 1, 'cpu': 'x',
+                      'cores': 2, 'jax': '0', 'torch': '0', 'torch_device': 'cpu',
+                      'load_average': [0.0]},
+          'flops': {'per_clip_gflop': 0.408, 'per_clip_frames_gflop': 0.702},
+          'rows': [run.row('train', 'train step', jax_s=0.1, torch_s=0.1 * speedup,
+                           speedup=speedup, clips=16)],
+          'targets': [target]}
+
+
+def test_missed_target_shows_its_measured_reason():
+  table = run.format_report(_report('cpu', 1.5))
+  assert 'MISSED: both sides are compute-bound' in table
+  assert 'random bits 30%' in table and 'Philox' in table
+  assert '| met |' in run.format_report(_report('cpu', 2.5))
+  assert 'not judged on gpu' in run.format_report(_report('gpu', 1.5))
+
+
+def test_results_file_keeps_the_rest_and_other_backends(tmp_path):
+  path = tmp_path / 'RESULTS.md'
+  path.write_text(f'# Results\n\n## Ablations\n\n| a | b |\n\n{run.MARK_START}\nold text\n'
+                  f'{run.MARK_END}\n\nafter\n')
+  run.write_results(str(path), _report('gpu', 3.0))
+  run.write_results(str(path), _report('cpu', 1.0))
+  run.write_results(str(path), _report('cpu', 2.5))
+  text = path.read_text()
+  assert text.startswith('# Results\n\n## Ablations\n\n| a | b |\n\n')
+  assert text.endswith(f'{run.MARK_END}\n\nafter\n')
+  assert 'old text' not in text
+  assert text.count('### Performance on cpu') == 1 and '### Performance on gpu' in text
+  assert '2.50x' in text and '1.00x' not in text
+
+  fresh = tmp_path / 'new.md'
+  run.write_results(str(fresh), _report('cpu', 2.5))
+  assert fresh.read_text().startswith(f'# Results\n\n{run.MARK_START}\n')
+
+
+def test_quick_suite_runs_every_section(tmp_path):
+  json_path, results_path = tmp_path / 'results.json', tmp_path / 'RESULTS.md'
+  report = run.main(['--quick', '--json', str(json_path), '--results', str(results_path)])
+  assert {r['section'] for r in report['rows']} == set(run.SECTIONS)
+  assert [t['key'] for t in report['targets']] == [
+      'step_vs_torch', 'step_vs_peak', 'epoch_vs_torch', 'refine_k16', 'metrics_time',
+      'eval_overhead']
+  for r in report['rows']:
+    assert r['jax_s'] is None or r['jax_s'] > 0, r['benchmark']
+  assert 'same ten numbers: yes' in report['rows'][-1]['note']
+  assert json.loads(json_path.read_text())['profile'] == 'quick'
+  text = results_path.read_text()
+  assert run.MARK_START in text and 'train step, batch 16' in text
