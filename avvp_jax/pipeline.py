@@ -64,6 +64,7 @@ def stage_targets(config, workdir: str, stage: str, labels):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage the config enables; returns {stage: test results or refine stats}."""
+  workdir = os.path.abspath(workdir)  # Orbax needs absolute paths.
   check_or_save_config(config, workdir)
   splits = load_splits(config.data)
   print(f'data: { {k: len(v) for k, v in splits.items()} }', flush=True)

@@ -23,7 +23,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  workdir, split_name = _WORKDIR.value, _SPLIT.value
+  workdir, split_name = os.path.abspath(_WORKDIR.value), _SPLIT.value  # Orbax: absolute paths.
   config = pipeline.load_config(workdir)
   split = load_splits(config.data)[split_name]
   model = HAN.from_config(config.model)

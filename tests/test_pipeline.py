@@ -77,6 +77,13 @@ def test_one_stage_config_skips_refinement(tmp_path):
   assert not os.path.exists(refine.refine_dir(str(tmp_path)))
 
 
+def test_relative_workdir(tmp_path, monkeypatch):
+  """The README's command passes a relative workdir; Orbax needs absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  pipeline.run(_tiny_config(**{'refine.enabled': False, 'train.epochs': 1}), 'workdirs/rel')
+  assert (tmp_path / 'workdirs' / 'rel' / 'base' / 'report_test.json').exists()
+
+
 def test_another_config_in_the_same_workdir_is_refused(tmp_path):
   config = _tiny_config()
   pipeline.check_or_save_config(config, str(tmp_path))
