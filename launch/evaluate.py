@@ -3,7 +3,8 @@
   python launch/evaluate.py --workdir=workdirs/ma_cr [--split=test]
 
 For each finished training stage (base, final) it restores the last saved epoch, prints the
-table of METHOD.md section 5 and writes report_<split>.json beside the checkpoint.
+table of METHOD.md section 5 and per-class F, and writes eval_<split>.json beside the
+checkpoint (not report_test.json, which marks a finished stage for the pipeline).
 """
 
 import os
@@ -37,7 +38,7 @@ def main(argv):
     result = train.evaluate(model, state.params, split, config.train.eval_batch_size)
     print(metrics.format_table(result['results'], title=f'{config.name} [{stage}] {split_name}'))
     print(metrics.format_per_class(result['per_class_audio'], result['per_class_visual']))
-    metrics.write_report(os.path.join(paths['dir'], f'report_{split_name}.json'),
+    metrics.write_report(os.path.join(paths['dir'], f'eval_{split_name}.json'),
                          result['results'], split=split_name, num_clips=len(split),
                          step=int(state.step), config_name=config.name,
                          per_class_audio=result['per_class_audio'],

@@ -168,3 +168,18 @@ def test_two_devices_run_the_same_pipeline(tmp_path):
   one = pipeline.run(_tiny_config(**overrides), str(tmp_path / 'one'))['final']
   for key, value in one.items():
     assert abs(two['final'][key] - value) < 0.5, key
+
+
+def test_evaluate_entry_reproduces_the_stage_report(tmp_path):
+  workdir = tmp_path / 'run'
+  pipeline.run(_tiny_config(**{'refine.enabled': False, 'train.epochs': 1}), str(workdir))
+  report = workdir / 'base' / 'report_test.json'
+  want = json.loads(report.read_text())
+  report.unlink()  # As if the stage had been interrupted after its last checkpoint.
+  proc = subprocess.run([sys.executable, str(ROOT / 'launch' / 'evaluate.py'),
+                         f'--workdir={workdir}', '--split=test'], cwd=ROOT, check=True,
+                        capture_output=True, text=True)
+  assert 'Segment-level' in proc.stdout and 'Speech' in proc.stdout
+  got = json.loads((workdir / 'base' / 'eval_test.json').read_text())
+  assert got['results'] == want['results'] and got['step'] == want['step']
+  assert not report.exists(), 'evaluation must not mark an unfinished stage as done'
