@@ -78,7 +78,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if os.path.exists(report):
       print(f'[{stage}] finished earlier ({report}), not redone', flush=True)
       with open(report) as f:
-        out[stage] = json.load(f)
+        out[stage] = json.load(f)['results']
       continue
     targets = stage_targets(config, workdir, stage, splits['train'].labels)
     out[stage] = train.train_stage(config, workdir, stage, targets, splits)['results']
