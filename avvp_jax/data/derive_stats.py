@@ -78,7 +78,7 @@ def derive(llp_dir: str) -> dict:
 
 def main(argv):
   if len(argv) != 2:
-    raise SystemExit(f'usage: python -m avvp_jax.data.derive_stats LLP_CSV_DIR')
+    raise SystemExit('usage: python -m avvp_jax.data.derive_stats LLP_CSV_DIR')
   stats = derive(argv[1])
   print('LLP_STATS = {')
   for key, value in stats.items():

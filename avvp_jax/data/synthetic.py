@@ -20,7 +20,7 @@ LLP (60 % of such pairs); otherwise the two extents are drawn independently.
 
 import numpy as np
 
-from avvp_jax.data.classes import (AUDIO_DIM, CLASSES, NUM_CLASSES, NUM_SEGMENTS,
+from avvp_jax.data.classes import (AUDIO_DIM, NUM_CLASSES, NUM_SEGMENTS,
                                    VIDEO_2D_DIM, VIDEO_3D_DIM)
 from avvp_jax.data.split import Split
 
