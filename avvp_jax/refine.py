@@ -69,7 +69,7 @@ def _swapped_probs(model: HAN, params, data: dict, idx, partners) -> dict:
 def swapped_probs(model: HAN, params, split: Split, partners: np.ndarray,
                   pairs_per_batch: int) -> dict[str, np.ndarray]:
   """`_swapped_probs` over the whole split in fixed-size batches; host arrays (N, 25)."""
-  data = jax.device_put({k: getattr(split, k) for k in train.INPUTS})
+  data = train.device_arrays(split, {}, train.make_mesh())
   n, k = partners.shape
   batch = max(1, pairs_per_batch // k)
   outs = []
