@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from avvp_jax.models import HAN
+from avvp_jax.models import Dropout
 from avvp_jax.models import HybridAttentionLayer
 from avvp_jax.models import count_params
 from avvp_jax.models import mmil_pool
@@ -243,6 +244,35 @@ def test_dropout_off_in_eval_and_seeded_in_train(model, params, inputs,
     assert not np.allclose(train_1[k], eval_out[k]), k
   # The embedding v comes before any dropout.
   np.testing.assert_array_equal(train_1['v'], eval_out['v'])
+
+
+@pytest.mark.parametrize('rate', [0.1, 0.5])
+def test_dropout_keeps_one_minus_rate_and_rescales(rate):
+  x = jnp.full((64, 10, 512), 2.0)
+  drop = lambda seed, det: Dropout(rate).apply(
+      {}, x, deterministic=det, rngs={'dropout': jax.random.key(seed)})
+  y = np.asarray(drop(0, False))
+  kept = y != 0
+  # Kept elements are scaled by 1 / (1 - rate); the kept fraction is binomial.
+  np.testing.assert_allclose(y[kept], 2.0 / (1.0 - rate), rtol=1e-6)
+  n = x.size
+  assert abs(kept.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+  # No structure across positions: each of the 512 features is kept at the same rate.
+  per_feature = kept.reshape(-1, 512).mean(0)
+  assert abs(per_feature.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+  assert per_feature.std() < 3 * np.sqrt(rate * (1 - rate) / 640)
+  np.testing.assert_array_equal(drop(0, False), y)
+  assert (np.asarray(drop(1, False)) != y).any()
+  np.testing.assert_array_equal(drop(0, True), x)
+
+
+def test_dropout_rate_zero_and_one():
+  x = jnp.ones((4, 8))
+  rngs = {'dropout': jax.random.key(0)}
+  np.testing.assert_array_equal(
+      Dropout(0.0).apply({}, x, deterministic=False, rngs=rngs), x)
+  np.testing.assert_array_equal(
+      Dropout(1.0).apply({}, x, deterministic=False, rngs=rngs), 0 * x)
 
 
 def test_bfloat16_compute_float32_params_and_outputs(params, inputs,

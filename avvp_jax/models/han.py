@@ -48,6 +48,41 @@ def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
       param_dtype=jnp.float32, name=name)
 
 
+def _mask_bits(state, shape):
+  """(shape) uint32 random bits from a (4,) uint32 state by XLA's RngBitGenerator.
+
+  On CPU it runs ThreeFry: the default there, Philox, needs 64-bit multiplies, which x86 runs
+  as scalar code. On a 2-core AMD EPYC, ThreeFry drew the 0.66 M mask bits of a batch-16 train
+  step in 2.2 ms against Philox's 7.6 ms, and the random bits' share of the step's op time
+  fell from 15 % to 2 % (benchmarks/profiling.py). Accelerators keep their own default.
+  """
+  def bits(algorithm):
+    return lambda s: jax.lax.rng_bit_generator(s, shape, jnp.uint32, algorithm=algorithm)[1]
+
+  return jax.lax.platform_dependent(
+      state, cpu=bits(jax.lax.RandomAlgorithm.RNG_THREE_FRY),
+      default=bits(jax.lax.RandomAlgorithm.RNG_DEFAULT))
+
+
+class Dropout(nn.Module):
+  """Inverted dropout: zeroes each element with probability `rate`, scales the rest by
+  1 / (1 - rate). Seeded by the 'dropout' rng collection, like `nn.Dropout`, whose masks it
+  replaces only to draw the bits faster (see `_mask_bits`)."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    # 128 bits of generator state, from a key of any implementation.
+    state = jax.random.bits(self.make_rng('dropout'), (4,), jnp.uint32)
+    # P(bits >= threshold) = 1 - threshold / 2^32 = 1 - rate, to within 2^-32.
+    keep = _mask_bits(state, x.shape) >= np.uint32(round(self.rate * 2.0 ** 32))
+    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
 class MultiHeadAttention(nn.Module):
   """Scaled dot-product multi-head attention with q/k/v/out projections.
 
@@ -83,7 +118,7 @@ class MultiHeadAttention(nn.Module):
     scores = jnp.einsum('...qhc,...khc->...hqk', q, k) / math.sqrt(d_head)
     # Softmax in float32 even when the matmuls run in bfloat16.
     weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
-    weights = nn.Dropout(self.dropout)(weights, deterministic=not train)
+    weights = Dropout(self.dropout)(weights, deterministic=not train)
     out = jnp.einsum('...hqk,...khc->...qhc', weights.astype(v.dtype), v)
     out = out.reshape(*query.shape[:-1], d)
     return nn.Dense(
@@ -112,7 +147,7 @@ class HybridAttentionLayer(nn.Module):
     d = q.shape[-1]
 
     def drop(x):
-      return nn.Dropout(self.dropout)(x, deterministic=not train)
+      return Dropout(self.dropout)(x, deterministic=not train)
 
     def attention(name):
       return MultiHeadAttention(
