@@ -46,11 +46,29 @@ Not counted: layer norms, softmaxes, sigmoids, dropout masks and the Adam
 update (about 12 FLOPs per parameter per step: 55 MFLOP per step of 4.57 M
 parameters, 3.4 MFLOP per clip at batch 16, under 1 % of the total).
 
-Run `python benchmarks/flops.py` to print the table for other sizes.
+`products(clips)` lists every product with its shape; benchmarks/run.py times exactly
+those products alone, on random operands, as the time of a train step whose every other
+operation were free. Run `python benchmarks/flops.py` to print the table for other sizes.
 """
 
 import argparse
+import collections
 import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Product:
+  """`batch` independent products of an (m, k) and a (k, n) matrix, in layer `layer`."""
+  layer: str
+  backward: bool
+  batch: int
+  m: int
+  k: int
+  n: int
+
+  @property
+  def flops(self) -> int:
+    return 2 * self.batch * self.m * self.k * self.n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,68 +79,99 @@ class Count:
   backward: int
 
 
-def dense(name: str, rows: int, fan_in: int, fan_out: int, *, input_grad: bool = True) -> Count:
+def matmul(layer: str, batch: int, m: int, k: int, n: int, *,
+           grads: tuple[str, ...] = ('a', 'b')) -> list[Product]:
+  """Y = A B of (m, k) and (k, n) matrices, `batch` times, and the gradients in `grads`:
+  dA = dY B^T (m, n, k) and dB = A^T dY (k, m, n), each as costly as the product."""
+  products = [Product(layer, False, batch, m, k, n)]
+  if 'a' in grads:
+    products.append(Product(layer, True, batch, m, n, k))
+  if 'b' in grads:
+    products.append(Product(layer, True, batch, k, m, n))
+  return products
+
+
+def dense(layer: str, rows: int, fan_in: int, fan_out: int, *,
+          input_grad: bool = True) -> list[Product]:
   """A dense layer on `rows` rows; `input_grad=False` where its input is data."""
-  flops = 2 * rows * fan_in * fan_out
-  return Count(name, flops, 2 * flops if input_grad else flops)
+  return matmul(layer, 1, rows, fan_in, fan_out, grads=('a', 'b') if input_grad else ('b',))
+
+
+def layer_products(t: int = 10, d: int = 512, ffn_dim: int = 512,
+                   sequences: int = 2) -> list[Product]:
+  """The hybrid-attention layer on `sequences` query sequences of t rows.
+
+  The other modality has t rows too; HAN runs the layer on 2 sequences per clip. The heads
+  split d, so their number does not change the count (it is written for one head).
+  """
+  products = []
+  for block in ('cross_attn', 'self_attn'):
+    for _ in range(4):  # query, key, value, out.
+      products += dense(f'{block} projections', sequences * t, d, d)
+    products += matmul(f'{block} scores', sequences, t, d, t)  # q k^T.
+    products += matmul(f'{block} scores', sequences, t, t, d)  # weights @ v.
+  products += dense('linear1', sequences * t, d, ffn_dim)
+  products += dense('linear2', sequences * t, ffn_dim, d)
+  return products
+
+
+def products(clips: int = 1, t: int = 10, d: int = 512, ffn_dim: int = 512,
+             num_classes: int = 25, audio_dim: int = 128, video_2d_dim: int = 2048,
+             video_3d_dim: int = 512, frames_2d: int = 10,
+             contrastive: bool = True) -> list[Product]:
+  """Every matrix product of the forward and backward pass of a batch of `clips` clips.
+
+  Args:
+    frames_2d: rows fc_v runs on per clip: t (segment means, this library) or 8t (every
+      frame, the PyTorch reference).
+    contrastive: whether the contrastive loss's logits are counted.
+  """
+  rows = clips * t
+  out = [*dense('fc_a', rows, audio_dim, d, input_grad=False),
+         *dense('fc_v', clips * frames_2d, video_2d_dim, d, input_grad=False),
+         *dense('fc_st', rows, video_3d_dim, d, input_grad=False),
+         *dense('fc_fusion', rows, 2 * d, d),
+         *layer_products(t, d, ffn_dim, sequences=2 * clips)]
+  for _ in range(3):  # fc_prob, fc_frame_att, fc_av_att on the 2T rows of stack([h_a, h_v]).
+    out += dense('heads', 2 * rows, d, num_classes)
+  if contrastive:
+    out += matmul('contrastive logits', clips, t, d, t)
+  return out
+
+
+def counts(products_: list[Product]) -> list[Count]:
+  """Forward and backward FLOPs per layer, in the order the layers first appear."""
+  forward, backward = collections.Counter(), collections.Counter()
+  for p in products_:
+    (backward if p.backward else forward)[p.layer] += p.flops
+  layers = dict.fromkeys(p.layer for p in products_)
+  return [Count(name, forward[name], backward[name]) for name in layers]
 
 
 def hybrid_layer(t: int = 10, d: int = 512, ffn_dim: int = 512,
                  sequences: int = 2) -> list[Count]:
-  """The hybrid-attention layer on `sequences` query sequences of t rows.
-
-  The other modality has t rows too. HAN runs it on 2 sequences per clip.
-  """
-  counts = []
-  for block in ('cross_attn', 'self_attn'):
-    proj = 4 * dense('', sequences * t, d, d).forward
-    counts.append(Count(f'{block} projections', proj, 2 * proj))
-    scores = sequences * 2 * (2 * t * t * d)  # q k^T and weights @ v.
-    counts.append(Count(f'{block} scores', scores, 2 * scores))
-  counts.append(dense('linear1', sequences * t, d, ffn_dim))
-  counts.append(dense('linear2', sequences * t, ffn_dim, d))
-  return counts
+  """Per-layer counts of `layer_products`."""
+  return counts(layer_products(t, d, ffn_dim, sequences))
 
 
-def han(t: int = 10, d: int = 512, ffn_dim: int = 512, num_classes: int = 25,
-        audio_dim: int = 128, video_2d_dim: int = 2048, video_3d_dim: int = 512,
-        frames_2d: int = 10, contrastive: bool = True) -> list[Count]:
-  """Per-layer counts of one clip's forward and backward pass.
-
-  Args:
-    frames_2d: rows fc_v runs on: t (segment means, this library) or 8t
-      (every frame, the PyTorch reference).
-    contrastive: whether the contrastive loss's logits are counted.
-  """
-  counts = [
-      dense('fc_a', t, audio_dim, d, input_grad=False),
-      dense('fc_v', frames_2d, video_2d_dim, d, input_grad=False),
-      dense('fc_st', t, video_3d_dim, d, input_grad=False),
-      dense('fc_fusion', t, 2 * d, d),
-      *hybrid_layer(t, d, ffn_dim, sequences=2),
-  ]
-  head = dense('', 2 * t, d, num_classes)
-  counts.append(Count('heads', 3 * head.forward, 3 * head.backward))
-  if contrastive:
-    logits = 2 * t * t * d
-    counts.append(Count('contrastive logits', logits, 2 * logits))
-  return counts
+def han(**kwargs) -> list[Count]:
+  """Per-layer counts of one clip's forward and backward pass; kwargs as `products`."""
+  return counts(products(clips=1, **kwargs))
 
 
-def total(counts: list[Count]) -> Count:
-  return Count('total', sum(c.forward for c in counts), sum(c.backward for c in counts))
+def total(counts_: list[Count]) -> Count:
+  return Count('total', sum(c.forward for c in counts_), sum(c.backward for c in counts_))
 
 
 def per_clip(**kwargs) -> int:
-  """Forward plus backward FLOPs of one clip; kwargs as `han`."""
-  t = total(han(**kwargs))
-  return t.forward + t.backward
+  """Forward plus backward FLOPs of one clip; kwargs as `products`."""
+  return sum(p.flops for p in products(clips=1, **kwargs))
 
 
-def format_counts(counts: list[Count]) -> str:
+def format_counts(counts_: list[Count]) -> str:
   """The table of the module docstring."""
   lines = [f'  {"layer":<22} {"forward":>13} {"backward":>13}']
-  for c in counts + [total(counts)]:
+  for c in counts_ + [total(counts_)]:
     lines.append(f'  {c.name:<22} {c.forward:>13,} {c.backward:>13,}')
   return '\n'.join(lines)
 
@@ -133,9 +182,9 @@ def main(argv=None) -> None:
                       help='rows of fc_v: 10 (segment means) or 80 (every frame)')
   parser.add_argument('--d_model', type=int, default=512)
   args = parser.parse_args(argv)
-  counts = han(d=args.d_model, ffn_dim=args.d_model, frames_2d=args.frames_2d)
-  both = total(counts)
-  print(format_counts(counts))
+  per_layer = han(d=args.d_model, ffn_dim=args.d_model, frames_2d=args.frames_2d)
+  both = total(per_layer)
+  print(format_counts(per_layer))
   print(f'  forward + backward: {(both.forward + both.backward) / 1e9:.3f} GFLOP per clip')
 
 

@@ -53,6 +53,7 @@ from configs import ma
 SECTIONS = ('attention', 'train', 'refine', 'eval')
 BATCH = 16  # The paper's batch size: the train-step targets and the epoch use it.
 LLP_TRAIN_CLIPS = 10_000
+PRODUCTS_ROW = 'matrix products of the train step alone'
 MARK_START, MARK_END = '<!-- performance:start -->', '<!-- performance:end -->'
 BLOCK = '<!-- performance:block {} -->'
 
@@ -114,10 +115,8 @@ TARGETS = {
 }
 # What profiling found behind a large share of a profile category (added to the reasons).
 FINDINGS = {
-    'random bits': 'the dropout masks come from rbg keys, whose RngBitGenerator default '
-                   '(Philox) needs 64-bit multiplies, scalar code on x86 CPUs; ThreeFry bits '
-                   '(rng_bit_generator with algorithm=RNG_THREE_FRY) took 1/4 of the time '
-                   'where this was profiled (2-core AMD EPYC)',
+    'random bits': 'the dropout masks (models.han.Dropout: RngBitGenerator, ThreeFry on '
+                   'CPU, the backend default elsewhere)',
     'update and gather': 'Adam reads and writes 7 parameter-sized arrays (4.6 M floats) per '
                          'step: memory-bound',
 }
@@ -196,6 +195,19 @@ def matmul_probe(n: int) -> tuple[Callable[[], None], int]:
   return jax_call(lambda: dot(x, y)), 2 * n ** 3
 
 
+def products_probe(batch: int) -> tuple[Callable[[], None], int]:
+  """The matrix products of a train step on `batch` clips (flops.products: forward and
+  backward, at their shapes) on random operands, and nothing else, and their FLOPs: the time
+  of a step whose every other operation were free."""
+  shapes = flops.products(clips=batch)
+  keys = jax.random.split(jax.random.key(0), 2 * len(shapes))
+  operands = [(jax.random.normal(keys[2 * i], (p.batch, p.m, p.k)),
+               jax.random.normal(keys[2 * i + 1], (p.batch, p.k, p.n)))
+              for i, p in enumerate(shapes)]
+  run = jax.jit(lambda ops: [jnp.matmul(a, b) for a, b in ops])
+  return jax_call(lambda: run(operands)), sum(p.flops for p in shapes)
+
+
 # Rows, targets and reasons.
 
 
@@ -229,26 +241,41 @@ def _findings(profile: dict[str, float]) -> str:
 
 
 def step_reason(jax_fraction: float, torch_fraction: float, flop_ratio: float,
-                profile: dict[str, float]) -> str:
-  """Why the train-step speed-up is what it is: FLOPs saved times relative efficiency."""
+                profile: dict[str, float], products: dict) -> str:
+  """Why the train-step speed-up is what it is: FLOPs saved times relative efficiency, and
+  the most a step could gain that did nothing but its matrix products (`products`: that
+  row)."""
   return (f'both sides are compute-bound (JAX at {jax_fraction:.0%}, PyTorch at '
           f'{torch_fraction:.0%} of the matmul rate); JAX does {flop_ratio:.2f}x fewer FLOPs '
           f'(fc_v on segment means), so its speed-up is {flop_ratio:.2f} x '
-          f'{jax_fraction / torch_fraction:.2f} (relative efficiency); JAX step profile: '
-          f'{format_profile(profile)}{_findings(profile)}')
+          f'{jax_fraction / torch_fraction:.2f} (relative efficiency); '
+          f'{_ceiling(products)}; JAX step profile: {format_profile(profile)}'
+          f'{_findings(profile)}')
 
 
-def peak_reason(profile: dict[str, float]) -> str:
-  """Why the train step does not run at the matmul rate: its time outside matrix products."""
-  return f'JAX step profile: {format_profile(profile)}{_findings(profile)}'
+def _ceiling(products: dict) -> str:
+  return (f'its matrix products alone run at {products["peak_fraction"]:.0%} of the matmul '
+          f'rate at their shapes, so even a step with no other work would be only '
+          f'{products["speedup"]:.2f}x PyTorch\'s')
+
+
+def peak_reason(profile: dict[str, float], products: dict) -> str:
+  """Why the train step does not run at the matmul rate: its products' shapes (`products`:
+  their row) and its time outside matrix products."""
+  return (f'its matrix products alone run at {products["peak_fraction"]:.0%} of the matmul '
+          f'rate at their shapes; JAX step profile: {format_profile(profile)}'
+          f'{_findings(profile)}')
 
 
 def epoch_reason(step_speedup: float, jax_step_s: float, jax_epoch_step_s: float,
-                 torch_step_s: float, torch_epoch_step_s: float) -> str:
-  """Splits the epoch ratio into the train step's ratio and what the epoch adds per step."""
+                 torch_step_s: float, torch_epoch_step_s: float, products_s: float) -> str:
+  """Splits the epoch ratio into the train step's ratio and what the epoch adds per step, and
+  bounds it by a step of nothing but matrix products (`products_s`, at the same batch)."""
   return (f'an epoch step takes {jax_epoch_step_s / jax_step_s:.2f}x a bare train step in JAX '
           f'and {torch_epoch_step_s / torch_step_s:.2f}x in PyTorch (the DataLoader\'s share), '
-          f'so the epoch ratio is about the train step\'s {step_speedup:.2f}x')
+          f'so the epoch ratio is about the train step\'s {step_speedup:.2f}x; epochs of steps '
+          f'that did nothing but their matrix products would be '
+          f'{torch_epoch_step_s / products_s:.2f}x PyTorch\'s')
 
 
 def refine_reason(flop_ratio: float) -> str:
@@ -415,8 +442,10 @@ def _train_step(b: _TrainBench, batch: int) -> tuple[list, list]:
   idx = b.trainer.indices(batch)
   host = _first({**{k: getattr(b.split, k) for k in train.INPUTS}, **b.targets}, batch)
   frames = _torch_batch({**host, 'video_2d': torch_han.to_frames(host['video_2d'])}, b.device)
+  products, products_flop = products_probe(batch)
   candidates = {'jax': jax_call(lambda: b.trainer.step(idx)),
-                'torch': torch_call(lambda: b.torch_step(frames)), 'matmul': b.matmul}
+                'torch': torch_call(lambda: b.torch_step(frames)), 'matmul': b.matmul,
+                'products': products}
   if batch == BATCH:  # How much of the gap is fc_v on 80 frames rather than 10.
     means = _torch_batch(host, b.device)
     candidates['torch_means'] = torch_call(lambda: b.torch_step(means))
@@ -429,12 +458,20 @@ def _train_step(b: _TrainBench, batch: int) -> tuple[list, list]:
           note=f'matmul rate {peak / 1e9:.1f} GFLOP/s; PyTorch at 80 frames: '
                f'{batch * per_clip_frames / t["torch"] / 1e9:.1f} GFLOP/s, '
                f'{torch_fraction:.0%} of the rate')
+  ceiling = row('train', f'{PRODUCTS_ROW}, batch {batch}', jax_s=t['products'],
+                torch_s=t['torch'], speedup=t.ratio('torch', 'products'), clips=batch,
+                flop=products_flop,
+                peak_fraction=products_flop / b.matmul_flop * t.ratio('matmul', 'products'),
+                note=f'the step\'s {len(flops.products(clips=batch))} matrix products '
+                     f'(flops.products) on random operands, nothing else; the JAX step takes '
+                     f'{t.ratio("jax", "products"):.2f}x this')
   if batch != BATCH:
-    return [r], []
-  rows = [r, row('train', f'train step, batch {batch}, PyTorch on segment means',
-                 jax_s=t['jax'], torch_s=t['torch_means'],
-                 speedup=t.ratio('torch_means', 'jax'),
-                 note='diagnostic: PyTorch with fc_v on the 10 segment means')]
+    return [r, ceiling], []
+  rows = [r, ceiling,
+          row('train', f'train step, batch {batch}, PyTorch on segment means',
+              jax_s=t['jax'], torch_s=t['torch_means'],
+              speedup=t.ratio('torch_means', 'jax'),
+              note='diagnostic: PyTorch with fc_v on the 10 segment means')]
   profile = {}
   if b.sizes.profile_calls:
     profile = profiling.breakdown(jax_call(lambda: b.trainer.step(idx)), b.trainer.hlo(idx),
@@ -444,14 +481,15 @@ def _train_step(b: _TrainBench, batch: int) -> tuple[list, list]:
   return rows, [
       target('step_vs_torch', r['speedup'], r['speedup'] >= 2, f'{r["speedup"]:.2f}x',
              step_reason(r['peak_fraction'], torch_fraction, per_clip_frames / per_clip,
-                         profile)),
+                         profile, ceiling)),
       target('step_vs_peak', r['peak_fraction'], r['peak_fraction'] >= 0.6,
              f'{r["peak_fraction"]:.0%} ({r["gflop_per_s"]:.1f} of {peak / 1e9:.1f} GFLOP/s)',
-             peak_reason(profile))]
+             peak_reason(profile, ceiling))]
 
 
-def _train_epoch(b: _TrainBench, step_row: dict) -> tuple[list, list]:
-  """The LLP epoch: train.train_epoch against a PyTorch loop over a DataLoader."""
+def _train_epoch(b: _TrainBench, step_row: dict, products_row: dict) -> tuple[list, list]:
+  """The LLP epoch: train.train_epoch against a PyTorch loop over a DataLoader; the rows of
+  the train step and of its products alone at BATCH explain the ratio."""
   loader = torch.utils.data.DataLoader(
       torch_han.ClipDataset(b.split.audio, b.split.video_2d, b.split.video_3d, b.targets),
       batch_size=BATCH, shuffle=True, num_workers=b.sizes.loader_workers,
@@ -474,7 +512,7 @@ def _train_epoch(b: _TrainBench, step_row: dict) -> tuple[list, list]:
                f'device-resident; PyTorch: DataLoader over the {len(b.split):,} per-clip '
                f'arrays, {b.sizes.loader_workers} workers')
   reason = epoch_reason(step_row['speedup'], step_row['jax_s'], t['jax'] / steps,
-                        step_row['torch_s'], t['torch'] / steps)
+                        step_row['torch_s'], t['torch'] / steps, products_row['jax_s'])
   return [r], [target('epoch_vs_torch', r['speedup'], r['speedup'] >= 3,
                       f'{r["speedup"]:.2f}x ({r["jax_s"]:.1f} s vs {r["torch_s"]:.1f} s)',
                       reason)]
@@ -488,7 +526,8 @@ def bench_train(ctx: dict) -> tuple[list, list]:
     step_rows, step_results = _train_step(b, batch)
     rows += step_rows
     results += step_results
-  epoch_rows, epoch_results = _train_epoch(b, rows[0])  # rows[0]: the step at BATCH.
+  # rows[0] and rows[1]: the step at BATCH and its products alone.
+  epoch_rows, epoch_results = _train_epoch(b, rows[0], rows[1])
   return rows + epoch_rows, results + epoch_results
 
 
