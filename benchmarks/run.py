@@ -253,17 +253,20 @@ def step_reason(jax_fraction: float, torch_fraction: float, flop_ratio: float,
           f'{_findings(profile)}')
 
 
-def _ceiling(products: dict) -> str:
+def _products_rate(products: dict) -> str:
   return (f'its matrix products alone run at {products["peak_fraction"]:.0%} of the matmul '
-          f'rate at their shapes, so even a step with no other work would be only '
+          f'rate at their shapes')
+
+
+def _ceiling(products: dict) -> str:
+  return (f'{_products_rate(products)}, so even a step with no other work would be only '
           f'{products["speedup"]:.2f}x PyTorch\'s')
 
 
 def peak_reason(profile: dict[str, float], products: dict) -> str:
   """Why the train step does not run at the matmul rate: its products' shapes (`products`:
   their row) and its time outside matrix products."""
-  return (f'its matrix products alone run at {products["peak_fraction"]:.0%} of the matmul '
-          f'rate at their shapes; JAX step profile: {format_profile(profile)}'
+  return (f'{_products_rate(products)}; JAX step profile: {format_profile(profile)}'
           f'{_findings(profile)}')
 
 
