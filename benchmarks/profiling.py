@@ -7,8 +7,8 @@ one category, summed over threads or streams:
 
   matrix products     dots, alone or fused with their neighbours
   random bits         dropout masks (rng_bit_generator and its bit twiddling)
-  backward, other     elementwise and reductions of the backward pass
-  forward, other      the same in the forward pass (with the loss)
+  backward (other)   elementwise and reductions of the backward pass
+  forward (other)    the same in the forward pass (with the loss)
   update and gather   everything outside the differentiated function: the optimiser update,
                       the gather of the batch from the device-resident split
 """
@@ -22,7 +22,7 @@ from typing import Callable
 
 import jax
 
-CATEGORIES = ('matrix products', 'random bits', 'backward, other', 'forward, other',
+CATEGORIES = ('matrix products', 'random bits', 'backward (other)', 'forward (other)',
               'update and gather')
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$')
 _INSTRUCTION = re.compile(
@@ -66,9 +66,9 @@ def hlo_categories(hlo_text: str) -> dict[str, str]:
     elif has_dot(name):
       categories[name] = 'matrix products'
     elif 'transpose(' in op_name:
-      categories[name] = 'backward, other'
+      categories[name] = 'backward (other)'
     elif 'jvp(' in op_name:
-      categories[name] = 'forward, other'
+      categories[name] = 'forward (other)'
     else:
       categories[name] = 'update and gather'
   return categories

@@ -273,6 +273,12 @@ def test_dropout_rate_zero_and_one():
       Dropout(0.0).apply({}, x, deterministic=False, rngs=rngs), x)
   np.testing.assert_array_equal(
       Dropout(1.0).apply({}, x, deterministic=False, rngs=rngs), 0 * x)
+  # Just under 1: the threshold saturates instead of overflowing uint32.
+  assert not np.asarray(Dropout(1.0 - 2.0 ** -40).apply(
+      {}, x, deterministic=False, rngs=rngs)).any()
+  for rate in (-0.1, 1.5):
+    with pytest.raises(ValueError, match='must lie in'):
+      Dropout(rate).apply({}, x, deterministic=True)
 
 
 def test_bfloat16_compute_float32_params_and_outputs(params, inputs,

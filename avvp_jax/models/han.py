@@ -54,7 +54,8 @@ def _mask_bits(state, shape):
   On CPU it runs ThreeFry: the default there, Philox, needs 64-bit multiplies, which x86 runs
   as scalar code. On a 2-core AMD EPYC, ThreeFry drew the 0.66 M mask bits of a batch-16 train
   step in 2.2 ms against Philox's 7.6 ms, and the random bits' share of the step's op time
-  fell from 15 % to 2 % (benchmarks/profiling.py). Accelerators keep their own default.
+  fell from 15 % to 2-3 % (benchmarks/profiling.py). Accelerators keep their own default, so
+  the same seed gives other masks there than on CPU.
   """
   def bits(algorithm):
     return lambda s: jax.lax.rng_bit_generator(s, shape, jnp.uint32, algorithm=algorithm)[1]
@@ -72,14 +73,17 @@ class Dropout(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
+    if not 0.0 <= self.rate <= 1.0:
+      raise ValueError(f'Dropout rate must lie in [0, 1], not {self.rate}.')
     if deterministic or self.rate == 0.0:
       return x
-    if self.rate >= 1.0:
+    if self.rate == 1.0:
       return jnp.zeros_like(x)
     # 128 bits of generator state, from a key of any implementation.
     state = jax.random.bits(self.make_rng('dropout'), (4,), jnp.uint32)
     # P(bits >= threshold) = 1 - threshold / 2^32 = 1 - rate, to within 2^-32.
-    keep = _mask_bits(state, x.shape) >= np.uint32(round(self.rate * 2.0 ** 32))
+    threshold = np.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
+    keep = _mask_bits(state, x.shape) >= threshold
     return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
 
 
