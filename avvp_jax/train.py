@@ -61,7 +61,11 @@ def create_train_state(model: HAN, tx: optax.GradientTransformation, rng) -> Tra
   t = 10
   dummy = [jnp.zeros((1, t, model.audio_dim)), jnp.zeros((1, t, model.video_2d_dim)),
            jnp.zeros((1, t, model.video_3d_dim))]
-  params = model.init(rng, *dummy, train=False)['params']
+  return train_state(model.init(rng, *dummy, train=False)['params'], tx)
+
+
+def train_state(params, tx: optax.GradientTransformation) -> TrainState:
+  """The state at step 0 for the given parameters: a fresh optimiser state."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 

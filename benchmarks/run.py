@@ -381,10 +381,8 @@ class _JaxTrainer:
         self.model, ml_collections.FrozenConfigDict(config.train),
         ml_collections.FrozenConfigDict(config.loss), len(split), mesh)
     self.key = jax.random.key(0, impl=train.RNG_IMPL)
-    # train.create_train_state from the shared parameters, copied: the step donates them.
-    params = jax.tree.map(jnp.copy, _init_params(self.model))
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             opt_state=tx.init(params))
+    # From the shared parameters, copied: the step donates them.
+    state = train.train_state(jax.tree.map(jnp.copy, _init_params(self.model)), tx)
     # Placed as the step returns it (as train.train_stage does): else its second call
     # compiles again, for the new placement.
     self.state = jax.device_put(state, NamedSharding(mesh, P()))
