@@ -1,7 +1,8 @@
 """Training and evaluation of one stage: a HAN model on (possibly refined) targets.
 
 The data set lives on the device; each epoch draws batches on the device from a seeded
-permutation, so a step needs no host round trip. Steps are written against a `Mesh` with a
+permutation, and runs its steps in a few calls of a `lax.scan`, so that a step needs no host
+round trip and no dispatch of its own. Steps are written against a `Mesh` with a
 `data` axis: batches are sharded along it and parameters replicated, which runs unchanged from
 one device to many. The train state is a plain pytree (params, optimiser state, step).
 """
@@ -97,11 +98,17 @@ def loss_fn(params, model: HAN, loss_config, batch: dict, rng) -> tuple[jax.Arra
 @functools.lru_cache
 def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
                   loss_config: ml_collections.FrozenConfigDict, num_clips: int, mesh: Mesh):
-  """Returns (schedule, tx, train_step) with jitted `train_step(state, data, idx, rng)`.
+  """Returns (schedule, tx, train_steps) with jitted
+  `train_steps(state, data, idx, rng, first, num_steps) -> (state, terms)`.
 
-  `data` is the device-resident split (see `device_arrays`), `idx` (B,) the clips of this
-  batch; the gather happens on the device and the batch is sharded along 'data'. Cached, so
-  that stages with the same setup share one compilation.
+  `data` is the device-resident split (see `device_arrays`); `idx` (S, B) holds the clips of
+  S consecutive steps of an epoch, `first` the epoch step of its first row. The S steps run
+  in one call as a `lax.scan`: one dispatch per S steps, and no host work between them. Epoch
+  step s draws its dropout from `fold_in(rng, s)`; rows with s >= `num_steps` pad the
+  epoch's last call to S steps (every call has one shape) and leave the state alone. Each
+  step gathers its batch on the device and shards it along 'data'. `terms` holds the loss
+  terms of each row, (S,), zero for padding. Cached, so that stages with the same setup
+  share one compilation.
   """
   schedule = make_schedule(train_config, num_clips)
   tx = optax.adam(schedule)
@@ -115,7 +122,21 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
     params = optax.apply_updates(state.params, updates)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), terms
 
-  return schedule, tx, jax.jit(train_step, donate_argnums=0)
+  def train_steps(state: TrainState, data: dict, idx: jax.Array, rng, first,
+                  num_steps) -> tuple[TrainState, dict]:
+    no_terms = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), jax.eval_shape(
+        lambda: train_step(state, data, idx[0], rng)[1]))
+
+    def body(state, row):
+      step, batch_idx = row
+      return jax.lax.cond(
+          step < num_steps,
+          lambda s: train_step(s, data, batch_idx, jax.random.fold_in(rng, step)),
+          lambda s: (s, no_terms), state)
+
+    return jax.lax.scan(body, state, (first + jnp.arange(idx.shape[0]), idx))
+
+  return schedule, tx, jax.jit(train_steps, donate_argnums=0)
 
 
 def epoch_batches(rng, num_clips: int, batch_size: int) -> jax.Array:
@@ -130,20 +151,31 @@ def epoch_batches(rng, num_clips: int, batch_size: int) -> jax.Array:
   return jnp.resize(perm, (steps, batch_size))
 
 
-def train_epoch(state: TrainState, train_step: Callable, data: dict, rng, *, batch_size: int,
-                lr_fn: Callable, desc: str) -> tuple[TrainState, dict]:
-  """One epoch. Returns the new state and the per-step loss terms as host arrays (steps,)."""
+def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, batch_size: int,
+                steps_per_call: int, lr_fn: Callable, desc: str) -> tuple[TrainState, dict]:
+  """One epoch, `steps_per_call` steps per call of `train_steps` (see `make_training`).
+
+  Returns the new state and the per-step loss terms as host arrays (steps,).
+  """
   perm_rng, dropout_rng = jax.random.split(rng)
   batches = epoch_batches(perm_rng, data['audio'].shape[0], batch_size)
+  steps = batches.shape[0]
+  per_call = min(steps_per_call, steps)
+  calls = -(-steps // per_call)
+  batches = jnp.pad(batches, ((0, calls * per_call - steps), (0, 0)))  # Padding rows: skipped.
   history, start = [], time.perf_counter()
-  with tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=None) as bar:
-    for i, idx in enumerate(bar):
-      state, terms = train_step(state, data, idx, jax.random.fold_in(dropout_rng, i))
+  with tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True, disable=None) as bar:
+    for first in range(0, steps, per_call):
+      state, terms = train_steps(state, data, batches[first:first + per_call], dropout_rng,
+                                 first, steps)
       history.append(terms)
-      if i % 10 == 0 or i == len(batches) - 1:  # Fetching the loss syncs: not every step.
-        bar.set_postfix(loss=f'{float(terms["total"]):.4f}', lr=f'{lr_fn(state.step):.1e}',
-                        clips_per_s=f'{(i + 1) * batch_size / (time.perf_counter() - start):.0f}')
-  return state, {k: np.asarray(jnp.stack([h[k] for h in history])) for k in history[0]}
+      done = min(first + per_call, steps)
+      bar.update(done - first)
+      bar.set_postfix(loss=f'{float(terms["total"][done - first - 1]):.4f}',
+                      lr=f'{lr_fn(state.step):.1e}',
+                      clips_per_s=f'{done * batch_size / (time.perf_counter() - start):.0f}')
+  return state, {k: np.concatenate([np.asarray(h[k]) for h in history])[:steps]
+                 for k in history[0]}
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -302,7 +334,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
   train_split = splits['train']
   model = HAN.from_config(config.model)
   mesh = make_mesh()
-  schedule, tx, train_step = make_training(
+  schedule, tx, train_steps = make_training(
       model, ml_collections.FrozenConfigDict(tc), ml_collections.FrozenConfigDict(config.loss),
       len(train_split), mesh)
   init_rng, train_rng = jax.random.split(stage_rng(config.seed, stage))
@@ -324,8 +356,8 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
   for epoch in range(meta['epoch'] + 1, tc.epochs + 1):
     start = time.perf_counter()
     state, terms = train_epoch(
-        state, train_step, data, jax.random.fold_in(train_rng, epoch), batch_size=tc.batch_size,
-        lr_fn=schedule, desc=f'{stage} {epoch}/{tc.epochs}')
+        state, train_steps, data, jax.random.fold_in(train_rng, epoch), batch_size=tc.batch_size,
+        steps_per_call=tc.steps_per_call, lr_fn=schedule, desc=f'{stage} {epoch}/{tc.epochs}')
     _check_finite(terms, stage, epoch, f'{paths["checkpoints"]} (epoch {meta["epoch"]})'
                   if meta['epoch'] else 'none (the stage had not saved any epoch)')
     val = evaluate(model, state.params, splits['val'], tc.eval_batch_size)['results']

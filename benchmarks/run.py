@@ -88,7 +88,8 @@ PROFILES = {
                    max_reps=2, slow_reps=1, loader_workers=0, profile_calls=0,
                    epoch_clips=64),
     # About 7 minutes on 2 cores. DataLoader workers would compete with the compute threads.
-    'cpu': Sizes(attention_batches=(16, 64, 256), step_batches=(BATCH, 256), epoch_steps=32,
+    # 50 epoch steps: two calls of train_steps at the config's 25 steps per call.
+    'cpu': Sizes(attention_batches=(16, 64, 256), step_batches=(BATCH, 256), epoch_steps=50,
                  refine_clips=128, refine_pairs_per_batch=128, partners=(1, 4, 16),
                  eval_clips=1200, eval_batch=256, matmul_size=2048, budget_s=10.0,
                  min_reps=5, max_reps=200, slow_reps=3, loader_workers=0, profile_calls=5),
@@ -377,7 +378,8 @@ class _JaxTrainer:
     config = ctx['config']
     self.model = HAN.from_config(config.model)
     mesh = train.make_mesh()
-    self.schedule, tx, self.train_step = train.make_training(
+    self.steps_per_call = config.train.steps_per_call
+    self.schedule, tx, self.train_steps = train.make_training(
         self.model, ml_collections.FrozenConfigDict(config.train),
         ml_collections.FrozenConfigDict(config.loss), len(split), mesh)
     self.key = jax.random.key(0, impl=train.RNG_IMPL)
@@ -397,18 +399,20 @@ class _JaxTrainer:
     return jnp.arange(batch) % self.data['audio'].shape[0]
 
   def step(self, idx: jax.Array):
-    self.state, terms = self.train_step(self.state, self.data, idx, self._next_key())
+    """One train step on the batch idx (B,): a call of train_steps with one row."""
+    self.state, terms = self.train_steps(self.state, self.data, idx[None], self._next_key(), 0, 1)
     return self.state, terms
 
   def epoch(self):
     """train.train_epoch: one pass over the device-resident split."""
     self.state, terms = train.train_epoch(
-        self.state, self.train_step, self.data, self._next_key(), batch_size=BATCH,
-        lr_fn=self.schedule, desc='benchmark epoch')
+        self.state, self.train_steps, self.data, self._next_key(), batch_size=BATCH,
+        steps_per_call=self.steps_per_call, lr_fn=self.schedule, desc='benchmark epoch')
     return self.state, terms
 
   def hlo(self, idx: jax.Array) -> str:
-    return self.train_step.lower(self.state, self.data, idx, self.key).compile().as_text()
+    return self.train_steps.lower(self.state, self.data, idx[None], self.key, 0, 1).compile(
+    ).as_text()
 
 
 @dataclasses.dataclass
@@ -428,8 +432,8 @@ def _train_bench(ctx: dict) -> _TrainBench:
   sizes, device = ctx['sizes'], ctx['torch_device']
   split = _split(sizes.epoch_clips, 'train')
   targets = train.targets_from_labels(split.labels, ctx['config'].loss)
-  # The JAX side holds the clips of the epoch steps timed: the step and the epoch then share
-  # one compilation. The PyTorch DataLoader draws from the whole split.
+  # The JAX side holds the clips of the epoch steps timed (its step and epoch programs then
+  # take one data shape); the PyTorch DataLoader draws from the whole split.
   timed = min(sizes.epoch_steps * BATCH, len(split))
   trainer = _JaxTrainer(ctx, _head(split, timed), {k: v[:timed] for k, v in targets.items()})
   t_model = torch_han.load_flax_params(torch_han.HAN(), trainer.state.params).to(device)

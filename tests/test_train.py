@@ -1,6 +1,7 @@
 """One training stage: batches, schedule, a real learning signal, prediction, NaN handling."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -64,7 +65,7 @@ def test_short_training_run_learns_a_real_signal():
   test_split = synthetic.generate_split(200, 0, 'test')
   model = train.HAN.from_config(config.model)
   mesh = train.make_mesh()
-  schedule, tx, train_step = train.make_training(
+  schedule, tx, train_steps = train.make_training(
       model, ml_collections.FrozenConfigDict(config.train),
       ml_collections.FrozenConfigDict(config.loss), len(train_split), mesh)
   rng = jax.random.key(0, impl=train.RNG_IMPL)
@@ -74,8 +75,11 @@ def test_short_training_run_learns_a_real_signal():
   before = train.predict(model, state.params, test_split, 128)
   losses = []
   for epoch in range(15):  # 15 x 20 = 300 steps
-    state, terms = train.train_epoch(state, train_step, data, jax.random.fold_in(rng, epoch),
-                                     batch_size=16, lr_fn=schedule, desc='test')
+    # 20 steps per epoch in calls of 8: the last call is padded with 4 skipped rows.
+    state, terms = train.train_epoch(state, train_steps, data, jax.random.fold_in(rng, epoch),
+                                     batch_size=16, steps_per_call=8, lr_fn=schedule,
+                                     desc='test')
+    assert terms['total'].shape == (20,) and np.all(terms['total'] > 0)
     losses.append(terms['global'].mean() + terms['audio'].mean() + terms['visual'].mean())
   after = train.predict(model, state.params, test_split, 128)
   assert int(state.step) == 300
@@ -87,6 +91,33 @@ def test_short_training_run_learns_a_real_signal():
   f_before = _clip_f1(before['global_prob'], test_split.labels)
   f_after = _clip_f1(after['global_prob'], test_split.labels)
   assert f_after > 2 * chance and f_after > f_before + 0.2, (chance, f_before, f_after)
+
+
+def test_steps_per_call_does_not_change_the_epoch():
+  """An epoch of 3 steps in one call and in calls of 2 (the last padded with a skipped row)
+  give one result: the same batches and dropout keys, and padding that leaves the state be."""
+  config = _small_config()
+  split = synthetic.generate_split(48, 0, 'train')
+  model = train.HAN.from_config(config.model)
+  mesh = train.make_mesh()
+  schedule, tx, train_steps = train.make_training(
+      model, ml_collections.FrozenConfigDict(config.train),
+      ml_collections.FrozenConfigDict(config.loss), len(split), mesh)
+  rng = jax.random.key(0, impl=train.RNG_IMPL)
+  data = train.device_arrays(split, train.targets_from_labels(split.labels, config.loss), mesh)
+  start = train.create_train_state(model, tx, rng)
+  results = []
+  for per_call in (3, 2):
+    state = jax.tree.map(jnp.copy, start)  # train_steps donates the state it is given.
+    results.append(train.train_epoch(state, train_steps, data, jax.random.fold_in(rng, 1),
+                                     batch_size=16, steps_per_call=per_call, lr_fn=schedule,
+                                     desc='test'))
+  (want_state, want_terms), (state, terms) = results
+  assert int(want_state.step) == 3 and want_terms['total'].shape == (3,)
+  assert int(state.step) == 3
+  np.testing.assert_allclose(terms['total'], want_terms['total'], rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(want_state.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_predict_pads_the_last_batch_without_changing_outputs():
