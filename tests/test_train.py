@@ -58,20 +58,25 @@ def _clip_f1(prob, labels):
   return 2 * tp / (pred.sum() + truth.sum())
 
 
+def _training(config, split):
+  """(model, schedule, tx, train_steps, data): a stage's training setup on `split`."""
+  model = train.HAN.from_config(config.model)
+  mesh = train.make_mesh()
+  schedule, tx, train_steps = train.make_training(
+      model, ml_collections.FrozenConfigDict(config.train),
+      ml_collections.FrozenConfigDict(config.loss), len(split), mesh)
+  data = train.device_arrays(split, train.targets_from_labels(split.labels, config.loss), mesh)
+  return model, schedule, tx, train_steps, data
+
+
 def test_short_training_run_learns_a_real_signal():
   """A few hundred steps lower the loss and lift clip-level F far above chance."""
   config = _small_config(batch_size=16)
   train_split = synthetic.generate_split(320, 0, 'train')
   test_split = synthetic.generate_split(200, 0, 'test')
-  model = train.HAN.from_config(config.model)
-  mesh = train.make_mesh()
-  schedule, tx, train_steps = train.make_training(
-      model, ml_collections.FrozenConfigDict(config.train),
-      ml_collections.FrozenConfigDict(config.loss), len(train_split), mesh)
+  model, schedule, tx, train_steps, data = _training(config, train_split)
   rng = jax.random.key(0, impl=train.RNG_IMPL)
   state = train.create_train_state(model, tx, rng)
-  data = train.device_arrays(train_split, train.targets_from_labels(train_split.labels,
-                                                                    config.loss), mesh)
   before = train.predict(model, state.params, test_split, 128)
   losses = []
   for epoch in range(15):  # 15 x 20 = 300 steps
@@ -97,14 +102,9 @@ def test_steps_per_call_does_not_change_the_epoch():
   """An epoch of 3 steps in one call and in calls of 2 (the last padded with a skipped row)
   give one result: the same batches and dropout keys, and padding that leaves the state be."""
   config = _small_config()
-  split = synthetic.generate_split(48, 0, 'train')
-  model = train.HAN.from_config(config.model)
-  mesh = train.make_mesh()
-  schedule, tx, train_steps = train.make_training(
-      model, ml_collections.FrozenConfigDict(config.train),
-      ml_collections.FrozenConfigDict(config.loss), len(split), mesh)
+  model, schedule, tx, train_steps, data = _training(
+      config, synthetic.generate_split(48, 0, 'train'))
   rng = jax.random.key(0, impl=train.RNG_IMPL)
-  data = train.device_arrays(split, train.targets_from_labels(split.labels, config.loss), mesh)
   start = train.create_train_state(model, tx, rng)
   results = []
   for per_call in (3, 2):
