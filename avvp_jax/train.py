@@ -124,8 +124,10 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
 
   def train_steps(state: TrainState, data: dict, idx: jax.Array, rng, first,
                   num_steps) -> tuple[TrainState, dict]:
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(idx.shape[1:] + x.shape[1:], x.dtype),
+                         data)
     no_terms = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), jax.eval_shape(
-        lambda: train_step(state, data, idx[0], rng)[1]))
+        lambda p, b: loss_fn(p, model, loss_config, b, rng)[1], state.params, batch))
 
     def body(state, row):
       step, batch_idx = row
@@ -153,27 +155,38 @@ def epoch_batches(rng, num_clips: int, batch_size: int) -> jax.Array:
 
 def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, batch_size: int,
                 steps_per_call: int, lr_fn: Callable, desc: str) -> tuple[TrainState, dict]:
-  """One epoch, `steps_per_call` steps per call of `train_steps` (see `make_training`).
+  """One epoch in calls of `train_steps` (see `make_training`) of at most `steps_per_call`
+  steps each, all calls of one size.
 
   Returns the new state and the per-step loss terms as host arrays (steps,).
   """
+  if steps_per_call < 1:
+    raise ValueError(f'train.steps_per_call must be at least 1, not {steps_per_call}.')
   perm_rng, dropout_rng = jax.random.split(rng)
   batches = epoch_batches(perm_rng, data['audio'].shape[0], batch_size)
   steps = batches.shape[0]
-  per_call = min(steps_per_call, steps)
-  calls = -(-steps // per_call)
+  calls = -(-steps // steps_per_call)
+  per_call = -(-steps // calls)  # E.g. 32 steps at most 25 per call: 2 calls of 16.
   batches = jnp.pad(batches, ((0, calls * per_call - steps), (0, 0)))  # Padding rows: skipped.
+  first_step = int(state.step)
   history, start = [], time.perf_counter()
   with tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True, disable=None) as bar:
-    for first in range(0, steps, per_call):
-      state, terms = train_steps(state, data, batches[first:first + per_call], dropout_rng,
-                                 first, steps)
-      history.append(terms)
-      done = min(first + per_call, steps)
-      bar.update(done - first)
-      bar.set_postfix(loss=f'{float(terms["total"][done - first - 1]):.4f}',
-                      lr=f'{lr_fn(state.step):.1e}',
+
+    def report(call: int) -> None:
+      """Shows how far call `call` got; waits for that call only."""
+      done = min((call + 1) * per_call, steps)
+      bar.update(done - call * per_call)
+      bar.set_postfix(loss=f'{float(history[call]["total"][done - call * per_call - 1]):.4f}',
+                      lr=f'{lr_fn(first_step + done - 1):.1e}',
                       clips_per_s=f'{done * batch_size / (time.perf_counter() - start):.0f}')
+
+    for call in range(calls):
+      state, terms = train_steps(state, data, batches[call * per_call:(call + 1) * per_call],
+                                 dropout_rng, call * per_call, steps)
+      history.append(terms)
+      if call:  # The previous call's loss: fetching it leaves this call queued behind it.
+        report(call - 1)
+    report(calls - 1)
   return state, {k: np.concatenate([np.asarray(h[k]) for h in history])[:steps]
                  for k in history[0]}
 

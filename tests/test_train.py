@@ -80,7 +80,7 @@ def test_short_training_run_learns_a_real_signal():
   before = train.predict(model, state.params, test_split, 128)
   losses = []
   for epoch in range(15):  # 15 x 20 = 300 steps
-    # 20 steps per epoch in calls of 8: the last call is padded with 4 skipped rows.
+    # 20 steps per epoch, at most 8 per call: 3 calls of 7, the last with one skipped row.
     state, terms = train.train_epoch(state, train_steps, data, jax.random.fold_in(rng, epoch),
                                      batch_size=16, steps_per_call=8, lr_fn=schedule,
                                      desc='test')
