@@ -14,6 +14,9 @@ from avvp_jax import refine, train
 from avvp_jax.data import load_splits
 
 CONFIG_FILE = 'config.json'
+# How the work is batched, not what is computed: these may differ when a workdir is resumed
+# (and be missing from a workdir saved before they existed).
+SPEED_ONLY = ('train.steps_per_call', 'train.eval_batch_size', 'refine.batch_size')
 
 
 def _flatten(d: dict, prefix: str = '') -> dict:
@@ -27,14 +30,16 @@ def _flatten(d: dict, prefix: str = '') -> dict:
 
 
 def check_or_save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Saves the config in a new workdir; refuses a workdir that holds another config's run."""
+  """Saves the config in a new workdir; refuses a workdir that holds another config's run
+  (one that differs in more than the SPEED_ONLY keys)."""
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json())
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
     old, new = _flatten(saved), _flatten(current)
-    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    diff = sorted(k for k in old.keys() | new.keys()
+                  if old.get(k) != new.get(k) and k not in SPEED_ONLY)
     if diff:
       lines = '\n'.join(f'  {k}: {old.get(k)!r} in the workdir, {new.get(k)!r} now' for k in diff)
       raise ValueError(

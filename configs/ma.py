@@ -74,7 +74,8 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   config.train.lr = 3e-4
   config.train.lr_decay_every = 10  # epochs
   config.train.lr_decay = 0.1
-  # Train steps per jitted call (a lax.scan): one dispatch and one loss fetch per call.
+  # At most this many train steps per jitted call (a lax.scan): one dispatch and one loss
+  # fetch per call. Sets the speed only: a workdir may be resumed with another value.
   config.train.steps_per_call = 25
   # Which stage-1 model feeds the refinement: 'last' (reference) or 'best_val'
   # (highest validation Type@AV, guards against an over-fitted base; METHOD.md 4b).

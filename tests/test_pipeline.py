@@ -92,6 +92,21 @@ def test_another_config_in_the_same_workdir_is_refused(tmp_path):
     pipeline.check_or_save_config(other, str(tmp_path))
 
 
+def test_speed_only_keys_may_differ_on_resume(tmp_path):
+  """Steps per call and batch sizes of evaluation and stage 2 change no result: a workdir
+  saved with others, or before such a key existed, resumes."""
+  path = tmp_path / pipeline.CONFIG_FILE
+  config = _tiny_config()
+  pipeline.check_or_save_config(config, str(tmp_path))
+  saved = json.loads(path.read_text())
+  del saved['train']['steps_per_call']
+  path.write_text(json.dumps(saved))
+  pipeline.check_or_save_config(
+      _tiny_config(**{'train.steps_per_call': 7, 'train.eval_batch_size': 8,
+                      'refine.batch_size': 64}), str(tmp_path))
+  assert json.loads(path.read_text()) == saved  # The run's own record stays.
+
+
 def _main_command(workdir):
   overrides = [f'--config.{k}={v}' for k, v in TINY.items()]
   return [sys.executable, str(ROOT / 'launch' / 'main.py'), '--config=configs/ma.py',
