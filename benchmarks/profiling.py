@@ -27,7 +27,9 @@ CATEGORIES = ('matrix products', 'random bits', 'backward (other)', 'forward (ot
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$')
 _INSTRUCTION = re.compile(
     r'^\s*(?:ROOT )?%?([\w.\-]+) = (?:\([^=]*?\)|\S+) ([\w\-]+)\((.*)$')
-_CALLED = re.compile(r'(?:calls|to_apply|body|condition)=%?([\w.\-]+)')
+_CALLED = re.compile(
+    r'(?:calls|to_apply|body|condition|true_computation|false_computation)=%?([\w.\-]+)')
+_BRANCHES = re.compile(r'branch_computations=\{([^}]*)\}')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _RANDOM = ('rng_bit_generator', 'rng-bit-generator', 'threefry', 'random_bits', '_bernoulli')
 _MATMUL_CALLS = ('matmul', 'gemm', 'onednn', 'cublas', 'dot')
@@ -48,7 +50,9 @@ def hlo_categories(hlo_text: str) -> dict[str, str]:
     name, opcode, rest = m.groups()
     op_name = _OP_NAME.search(rest)
     target = re.search(r'custom_call_target="([^"]*)"', rest)
-    instructions[name] = (opcode, _CALLED.findall(rest), op_name.group(1) if op_name else '',
+    called = _CALLED.findall(rest) + [
+        c.strip().lstrip('%') for b in _BRANCHES.findall(rest) for c in b.split(',')]
+    instructions[name] = (opcode, called, op_name.group(1) if op_name else '',
                           target.group(1).lower() if target else '')
     body[computation].append(name)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 # As benchmarks/run.py does, before torch loads OpenMP: spinning barriers on a shared CPU
 # would slow the quick run down several times.
@@ -178,6 +179,15 @@ def test_profile_breakdown_of_a_small_step():
   assert set(shares) == set(profiling.CATEGORIES)
   assert sum(shares.values()) == pytest.approx(1.0)
   assert shares['matrix products'] > 0 and shares['random bits'] > 0
+
+
+def test_hlo_categories_look_inside_conditionals():
+  """A conditional (train_steps wraps each step in one) holds its branches' matrix products."""
+  f = jax.jit(lambda p, x, w: jax.lax.cond(p, lambda: jnp.tanh(x @ w), lambda: x))
+  hlo = f.lower(True, jnp.ones((8, 8)), jnp.ones((8, 8))).compile().as_text()
+  categories = profiling.hlo_categories(hlo)
+  conditionals = re.findall(r'%([\w.\-]+) = [^=]*? conditional\(', hlo)
+  assert conditionals and all(categories[n] == 'matrix products' for n in conditionals)
 
 
 def _report(backend, speedup):
