@@ -87,7 +87,7 @@ PROFILES = {
                    eval_clips=48, eval_batch=16, matmul_size=256, budget_s=0.0, min_reps=2,
                    max_reps=2, slow_reps=1, loader_workers=0, profile_calls=0,
                    epoch_clips=64),
-    # About 7 minutes on 2 cores. DataLoader workers would compete with the compute threads.
+    # About 5 minutes on 2 cores. DataLoader workers would compete with the compute threads.
     # 50 epoch steps: two calls of train_steps at the config's 25 steps per call.
     'cpu': Sizes(attention_batches=(16, 64, 256), step_batches=(BATCH, 256), epoch_steps=50,
                  refine_clips=128, refine_pairs_per_batch=128, partners=(1, 4, 16),
@@ -278,10 +278,11 @@ def epoch_reason(jax_step_s: float, jax_epoch_step_s: float, torch_step_s: float
   median times, so that the split is exact."""
   jax_factor, torch_factor = jax_epoch_step_s / jax_step_s, torch_epoch_step_s / torch_step_s
   return (f'an epoch step takes {jax_factor:.2f}x a bare train step in JAX and '
-          f'{torch_factor:.2f}x in PyTorch (the DataLoader\'s share), so the epoch ratio is the '
-          f'train step\'s ({torch_step_s / jax_step_s:.2f}x in median times) times '
-          f'{torch_factor / jax_factor:.2f}; epochs of steps that did nothing but their matrix '
-          f'products would be {torch_epoch_step_s / products_s:.2f}x PyTorch\'s')
+          f'{torch_factor:.2f}x in PyTorch (the DataLoader\'s share), so the epoch ratio in '
+          f'median times, {torch_epoch_step_s / jax_epoch_step_s:.2f}x, is the train step\'s '
+          f'({torch_step_s / jax_step_s:.2f}x) times {torch_factor / jax_factor:.2f}; epochs of '
+          f'steps that did nothing but their matrix products would be '
+          f'{torch_epoch_step_s / products_s:.2f}x PyTorch\'s')
 
 
 def refine_reason(flop_ratio: float) -> str:
@@ -371,8 +372,8 @@ def bench_attention(ctx: dict) -> tuple[list, list]:
 
 
 class _JaxTrainer:
-  """The library's jitted train step on the device-resident split, holding the state (the
-  step donates it)."""
+  """The library's jitted train_steps on the device-resident split, holding the state (the
+  call donates it)."""
 
   def __init__(self, ctx: dict, split: Split, targets: dict[str, np.ndarray]):
     config = ctx['config']
@@ -396,11 +397,12 @@ class _JaxTrainer:
     return jax.random.fold_in(self.key, self.calls)
 
   def indices(self, batch: int) -> jax.Array:
-    return jnp.arange(batch) % self.data['audio'].shape[0]
+    """The clips of one step, (1, batch): one row of train_steps."""
+    return (jnp.arange(batch) % self.data['audio'].shape[0])[None]
 
   def step(self, idx: jax.Array):
-    """One train step on the batch idx (B,): a call of train_steps with one row."""
-    self.state, terms = self.train_steps(self.state, self.data, idx[None], self._next_key(), 0, 1)
+    """One train step: a call of train_steps with the one row idx (1, B)."""
+    self.state, terms = self.train_steps(self.state, self.data, idx, self._next_key(), 0, 1)
     return self.state, terms
 
   def epoch(self):
@@ -411,8 +413,7 @@ class _JaxTrainer:
     return self.state, terms
 
   def hlo(self, idx: jax.Array) -> str:
-    return self.train_steps.lower(self.state, self.data, idx[None], self.key, 0, 1).compile(
-    ).as_text()
+    return self.train_steps.lower(self.state, self.data, idx, self.key, 0, 1).compile().as_text()
 
 
 @dataclasses.dataclass
