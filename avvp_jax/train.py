@@ -174,15 +174,17 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
 
     def report(call: int) -> None:
       """Shows how far call `call` got; waits for that call only."""
-      done = min((call + 1) * per_call, steps)
-      bar.update(done - call * per_call)
-      bar.set_postfix(loss=f'{float(history[call]["total"][done - call * per_call - 1]):.4f}',
+      real = min(per_call, steps - call * per_call)  # Its rows that are steps, not padding.
+      done = call * per_call + real
+      bar.update(real)
+      bar.set_postfix(loss=f'{float(history[call]["total"][real - 1]):.4f}',
                       lr=f'{lr_fn(first_step + done - 1):.1e}',
                       clips_per_s=f'{done * batch_size / (time.perf_counter() - start):.0f}')
 
     for call in range(calls):
-      state, terms = train_steps(state, data, batches[call * per_call:(call + 1) * per_call],
-                                 dropout_rng, call * per_call, steps)
+      first = call * per_call
+      state, terms = train_steps(state, data, batches[first:first + per_call], dropout_rng,
+                                 first, steps)
       history.append(terms)
       if call:  # The previous call's loss: fetching it leaves this call queued behind it.
         report(call - 1)
