@@ -79,13 +79,21 @@ def swapped_probs(model: HAN, params, split: Split, partners: np.ndarray,
   return {key: np.concatenate([np.asarray(o[key]) for o in outs])[:n] for key in outs[0]}
 
 
+def error_rate(prob: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+  """err[c]: the fraction of clips where `prob[:, c] >= threshold` disagrees with the label.
+
+  prob, labels: (N, 25). Returns (25,).
+  """
+  return ((prob >= threshold) != (labels > 0)).mean(0)
+
+
 def normalised_error(prob: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
-  """E[c] = err[c] / max(err): per-class error rate of `prob >= threshold` against the labels.
+  """E[c] = err[c] / max(err), with err from `error_rate`.
 
   A class (or model) with no error gets E = 0, which never drops a label (the reference's
   division gives inf or nan there, which compares the same way).
   """
-  err = ((prob >= threshold) != (labels > 0)).mean(0)
+  err = error_rate(prob, labels, threshold)
   return err / err.max() if err.max() > 0 else np.zeros_like(err)
 
 
@@ -119,12 +127,18 @@ def refine_labels(orig: dict, swapped: dict, labels: np.ndarray, threshold: floa
   return drop_a, drop_v
 
 
+def _percent(num: int, den: int):
+  """100 num / den, or None where den is 0 (undefined: shown as n/a, left out of means)."""
+  return 100 * num / den if den else None
+
+
 def refinement_stats(labels: np.ndarray, drop_a: np.ndarray, drop_v: np.ndarray,
                      gt_a=None, gt_v=None) -> dict:
   """How many labels were dropped per modality and, where dense truth exists, how well.
 
   A dropped audio label is correct when the event is not audible anywhere in the clip;
   precision = correct drops / drops, recall = correct drops / labels absent from the modality.
+  Precision is None when nothing was dropped, recall when no label is absent.
   """
   labelled = labels > 0
   stats = {'labels': int(labelled.sum())}
@@ -134,9 +148,28 @@ def refinement_stats(labels: np.ndarray, drop_a: np.ndarray, drop_v: np.ndarray,
       absent = labelled & ~gt.any(-1)
       correct = int((drop & absent).sum())
       stats[f'{m}/absent'] = int(absent.sum())
-      stats[f'{m}/precision'] = 100 * correct / max(int(drop.sum()), 1)
-      stats[f'{m}/recall'] = 100 * correct / max(int(absent.sum()), 1)
+      stats[f'{m}/precision'] = _percent(correct, int(drop.sum()))
+      stats[f'{m}/recall'] = _percent(correct, int(absent.sum()))
   return stats
+
+
+def base_error_stats(orig: dict, labels: np.ndarray, threshold: float) -> dict:
+  """The frozen model's training error per modality, the signal of the rule's E_a and E_v.
+
+  orig: a_prob, v_prob (N, 25) on the original pairs. Returns, per modality m, the mean
+  error rate over classes (`m/train_error`, %) and in how many of the 25 classes it is above
+  zero (`m/error_classes`); where it is zero, E is zero and no label of that class can drop.
+  """
+  stats = {}
+  for m in ('audio', 'visual'):
+    err = error_rate(orig[f'{m[0]}_prob'], labels, threshold)
+    stats[f'{m}/train_error'] = 100 * float(err.mean())
+    stats[f'{m}/error_classes'] = int((err > 0).sum())
+  return stats
+
+
+def format_percent(value) -> str:
+  return '  n/a' if value is None else f'{value:5.1f}'
 
 
 def format_stats(stats: dict) -> str:
@@ -145,8 +178,13 @@ def format_stats(stats: dict) -> str:
     line = f'  {m:6s} dropped {stats[f"{m}/dropped"]:5d}'
     if f'{m}/precision' in stats:
       line += (f'  (truly absent {stats[f"{m}/absent"]:5d})  precision '
-               f'{stats[f"{m}/precision"]:5.1f}  recall {stats[f"{m}/recall"]:5.1f}')
+               f'{format_percent(stats[f"{m}/precision"])}  recall '
+               f'{format_percent(stats[f"{m}/recall"])}')
     lines.append(line)
+  if 'audio/error_classes' in stats:
+    lines.append('  frozen model\'s training error: ' + ', '.join(
+        f'{m} {stats[f"{m}/train_error"]:.1f} % (> 0 in {stats[f"{m}/error_classes"]}/25 '
+        'classes)' for m in ('audio', 'visual')))
   return '\n'.join(lines)
 
 
@@ -174,6 +212,7 @@ def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
   swapped = swapped_probs(model, params, split, partners, rc.batch_size)
   drop_a, drop_v = refine_labels(orig, swapped, split.labels, rc.threshold, rc.modalities)
   stats = refinement_stats(split.labels, drop_a, drop_v, split.gt_a, split.gt_v)
+  stats.update(base_error_stats(orig, split.labels, rc.threshold))
   print(format_stats(stats))
   with ocp.CheckpointManager(refine_dir(workdir),
                              options=ocp.CheckpointManagerOptions(create=True)) as mngr:

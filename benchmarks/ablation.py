@@ -1,20 +1,19 @@
-"""Table 2 of the paper (Baseline, +C, +R, +C+R) on the synthetic benchmark, over seeds.
+"""The paper's ablations (Tables 2, 3, 4) and the K-partner study, over seeds.
 
-  python benchmarks/ablation.py [--seeds=0,1,2] [--workdir=workdirs/ablation] [--num_train=512]
+  python benchmarks/ablation.py [--seeds=0,1,2] [--tables=2,3,4,k] [--workdir=workdirs/ablation]
 
-Per seed it runs two pipelines: `configs/ma.py:r` (its stage 1 is the Baseline, its stage 3 is
-+R) and `configs/ma.py:cr` (stage 1 is +C, stage 3 is +C+R = MA); stage 1 of an R config is
-exactly the model of the corresponding one-stage config, so it is trained once. It then reruns
-stages 2-3 of both from the stage-1 checkpoint with the best validation score
-(`train.base_selection=best_val`, the guard of METHOD.md section 4b), reusing stage 1.
-Every run resumes where it stopped. Writes the mean and std of the ten numbers per variant and
-the refinement statistics into benchmarks/RESULTS.md, between the ablation markers.
+Every run is `configs/ma.py` (the main command's regime: built-in data, builtin schedule) with
+the overrides of RUNS. Runs that differ only in stage 2 (`refine.*`) share one stage 1: it is
+trained once and copied. Every run resumes where it stopped. Writes, per table, the mean ± sd
+over seeds of the ten numbers and the refinement's statistics into benchmarks/RESULTS.md,
+between the ablation markers.
 """
 
 import json
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 from absl import app, flags, logging
@@ -25,99 +24,121 @@ from avvp_jax import metrics, pipeline, refine, train  # pylint: disable=g-impor
 from configs import ma  # pylint: disable=g-import-not-at-top
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Model seeds (the data set is fixed).')
+_TABLES = flags.DEFINE_list('tables', ['2', '3', '4', 'k'], 'Which tables to run.')
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/ablation', 'Where the runs go.')
-_NUM_TRAIN = flags.DEFINE_integer('num_train', 512, 'Synthetic training clips.')
-_NUM_VAL = flags.DEFINE_integer('num_val', 128, 'Synthetic validation clips.')
-_NUM_TEST = flags.DEFINE_integer('num_test', 512, 'Synthetic test clips.')
-_EPOCHS = flags.DEFINE_integer('epochs', 40, 'Epochs per training stage.')
 _RESULTS = flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
                                'The Markdown file whose ablation section is rewritten.')
 
 START, END = '<!-- ablation:start -->', '<!-- ablation:end -->'
-# (row label, run name, stage whose test report is the row)
-ROWS = (
-    ('Baseline (HAN)', 'r', 'base'),
-    ('+C', 'cr', 'base'),
-    ('+R', 'r', 'final'),
-    ('+C+R (MA)', 'cr', 'final'),
-    ('+R, best-val stage 1', 'r_best', 'final'),
-    ('+C+R, best-val stage 1', 'cr_best', 'final'),
-)
+# run name: (config argument, overrides, run whose stage 1 it shares or None)
+RUNS = {
+    'r': ('r', {}, None),
+    'cr': ('cr', {}, None),
+    'cr_audio': ('cr', {'refine.modalities': 'audio'}, 'cr'),
+    'cr_visual': ('cr', {'refine.modalities': 'visual'}, 'cr'),
+    'cr_tau0.1': ('cr', {'loss.tau': 0.1}, None),
+    'cr_tau0.3': ('cr', {'loss.tau': 0.3}, None),
+    'cr_tau0.4': ('cr', {'loss.tau': 0.4}, None),
+    'cr_k4': ('cr', {'refine.num_partners': 4}, 'cr'),
+    'cr_k16': ('cr', {'refine.num_partners': 16}, 'cr'),
+}
+# table: (title, rows of (label, run, stage whose test report is the row))
+TABLES = {
+    '2': ('Table 2: the components', (
+        ('Baseline (HAN)', 'r', 'base'), ('+C', 'cr', 'base'),
+        ('+R', 'r', 'final'), ('+C+R (MA)', 'cr', 'final'))),
+    '3': ('Table 3: which modality is refined (MA)', (
+        ('audio only', 'cr_audio', 'final'), ('visual only', 'cr_visual', 'final'),
+        ('both', 'cr', 'final'))),
+    '4': ('Table 4: the temperature tau (stage 1 is +C, stage 3 is MA)', tuple(
+        (f'tau {tau}, {name}', 'cr' if tau == '0.2' else f'cr_tau{tau}', stage)
+        for tau in ('0.1', '0.2', '0.3', '0.4')
+        for name, stage in (('+C', 'base'), ('MA', 'final')))),
+    'k': ('K partners per clip (MA)', (
+        ('K = 1 (paper)', 'cr', 'final'), ('K = 4', 'cr_k4', 'final'),
+        ('K = 16', 'cr_k16', 'final'))),
+}
+STAT_KEYS = ('audio/dropped', 'audio/precision', 'audio/recall',
+             'visual/dropped', 'visual/precision', 'visual/recall',
+             'audio/error_classes', 'visual/error_classes')
 
 
-def _config(variant: str, seed: int):
-  config = ma.get_config(variant.replace('_best', ''))
+def make_config(run: str, seed: int):
+  arg, overrides, _ = RUNS[run]
+  config = ma.get_config(arg)
   config.seed = seed
-  config.data.synthetic.num_train = _NUM_TRAIN.value
-  config.data.synthetic.num_val = _NUM_VAL.value
-  config.data.synthetic.num_test = _NUM_TEST.value
-  config.train.epochs = _EPOCHS.value
-  if variant.endswith('_best'):
-    config.train.base_selection = 'best_val'
+  config.update_from_flattened_dict(overrides)
   return config
 
 
-def run_seed(seed: int) -> dict[str, str]:
-  """Runs the four pipelines of one seed; returns {run name: workdir}."""
-  workdirs = {}
-  for variant in ('r', 'cr', 'r_best', 'cr_best'):
-    workdir = os.path.join(_WORKDIR.value, f'{variant}_seed{seed}')
-    if variant.endswith('_best') and not os.path.exists(workdir):
-      # Stage 1 does not depend on base_selection: reuse the one trained above.
-      source = workdirs[variant.replace('_best', '')]
-      os.makedirs(workdir)
-      shutil.copytree(os.path.join(source, 'base'), os.path.join(workdir, 'base'))
-    print(f'=== seed {seed}: {variant} -> {workdir}', flush=True)
-    pipeline.run(_config(variant, seed), workdir)
-    workdirs[variant] = workdir
-  return workdirs
+def run_pipeline(run: str, seed: int, workdir: str, shared_base: str | None) -> float:
+  """Runs one pipeline (copying a shared stage 1 first); returns its wall time in seconds."""
+  if shared_base and not os.path.exists(workdir):
+    os.makedirs(workdir)
+    shutil.copytree(os.path.join(shared_base, 'base'), os.path.join(workdir, 'base'))
+  print(f'=== seed {seed}: {run} -> {workdir}', flush=True)
+  start = time.perf_counter()
+  pipeline.run(make_config(run, seed), workdir)
+  return time.perf_counter() - start
 
 
-def _mean_std(values: list[float]) -> str:
-  return f'{np.mean(values):.1f} ± {np.std(values):.1f}'
+def runs_of(tables: list[str]) -> list[str]:
+  """The runs the tables need, each run after the one whose stage 1 it shares."""
+  needed = {run for t in tables for _, run, _ in TABLES[t][1]}
+  needed |= {RUNS[r][2] for r in needed if RUNS[r][2]}
+  return [r for r in RUNS if r in needed]
 
 
-def summarise(runs: list[dict[str, str]]) -> str:
-  """The Markdown section: Table 2, refinement statistics, and the paper's expectations."""
-  results = {}
-  for label, run, stage in ROWS:
-    reports = []
-    for workdirs in runs:
-      with open(train.stage_paths(workdirs[run], stage)['report']) as f:
-        reports.append(json.load(f)['results'])
-    results[label] = {k: [r[k] for r in reports] for k in reports[0]}
+def mean_sd(values) -> str:
+  """'mean ± sd' over the defined values; 'n/a' if none, '(n of m)' if some are undefined."""
+  defined = [v for v in values if v is not None]
+  if not defined:
+    return 'n/a'
+  cell = f'{np.mean(defined):.1f} ± {np.std(defined):.1f}'
+  return cell if len(defined) == len(values) else f'{cell} ({len(defined)} of {len(values)})'
 
+
+def _report(workdir: str, stage: str) -> dict:
+  with open(train.stage_paths(workdir, stage)['report']) as f:
+    return json.load(f)['results']
+
+
+def table_section(title: str, rows, workdirs: list[dict[str, str]]) -> list[str]:
+  """One table: the ten numbers per row, then the refinement statistics of its runs."""
   keys = [f'{level}/{key}' for level, _ in metrics.LEVELS for key, _ in metrics.COLUMNS]
   header = ' | '.join(f'{level} {name}' for level, _ in metrics.LEVELS
                       for _, name in metrics.COLUMNS)
-  lines = [
-      f'Synthetic LLP: {_NUM_TRAIN.value} train / {_NUM_VAL.value} val / {_NUM_TEST.value} test '
-      f'clips, {_EPOCHS.value} epochs per training stage, seeds {", ".join(_SEEDS.value)} '
-      '(mean ± std over seeds; F-scores in %, test split).', '',
-      f'| Variant | {header} |', '|---' * (len(keys) + 1) + '|']
-  for label, r in results.items():
-    lines.append(f'| {label} | ' + ' | '.join(_mean_std(r[k]) for k in keys) + ' |')
+  lines = [f'### {title}', '', f'| Variant | {header} |', '|---' * (len(keys) + 1) + '|']
+  for label, run, stage in rows:
+    reports = [_report(w[run], stage) for w in workdirs]
+    lines.append(f'| {label} | ' + ' | '.join(mean_sd([r[k] for r in reports]) for k in keys)
+                 + ' |')
+  refined = list(dict.fromkeys(run for _, run, stage in rows if stage == 'final'))
+  if refined:
+    lines += ['', 'Refinement of those runs on the train split, against its dense truth '
+              '(precision and recall in %; error classes: of the 25 classes, those where the '
+              'frozen stage-1 model errs on its training clips):', '',
+              '| Run | ' + ' | '.join(k.replace('/', ' ').replace('_', ' ') for k in STAT_KEYS)
+              + ' |', '|---' * (len(STAT_KEYS) + 1) + '|']
+    for run in refined:
+      stats = [refine.load_refined(w[run])['stats'] for w in workdirs]
+      lines.append(f'| {run} | ' + ' | '.join(mean_sd([s[k] for s in stats]) for k in STAT_KEYS)
+                   + ' |')
+  return lines
 
-  lines += ['', 'Refinement (stage 2) on the train split, against its dense truth:', '',
-            '| Run | audio dropped | audio precision | audio recall | visual dropped | '
-            'visual precision | visual recall |', '|---|---|---|---|---|---|---|']
-  for run in ('r', 'cr', 'r_best', 'cr_best'):
-    stats = [refine.load_refined(w[run])['stats'] for w in runs]
-    cell = lambda k: _mean_std([s[k] for s in stats])
-    lines.append(f'| {run} | {cell("audio/dropped")} | {cell("audio/precision")} | '
-                 f'{cell("audio/recall")} | {cell("visual/dropped")} | '
-                 f'{cell("visual/precision")} | {cell("visual/recall")} |')
 
-  base, ma_row = results['Baseline (HAN)'], results['+C+R (MA)']
-  gain = lambda k: np.mean(ma_row[k]) - np.mean(base[k])
-  verdict = lambda g, target: 'met' if g >= target else 'NOT met'
-  lines += ['', 'The paper expects +C+R to beat the Baseline by at least 3 points of segment-level '
-            'Visual F and 2 points of segment-level Type@AV. Measured:',
-            f'- segment Visual F: {gain("segment/visual"):+.1f} points '
-            f'({verdict(gain("segment/visual"), 3)})',
-            f'- segment Type@AV: {gain("segment/type"):+.1f} points '
-            f'({verdict(gain("segment/type"), 2)})']
-  return '\n'.join(lines)
+def summarise(tables: list[str], workdirs: list[dict[str, str]], seconds: dict[str, float]) -> str:
+  config = ma.get_config()
+  d, tc = config.data.synthetic, config.train
+  lines = [f'Built-in synthetic LLP: {d.num_train} train / {d.num_val} val / {d.num_test} test '
+           f'clips; {tc.epochs} epochs per training stage, lr x0.1 every {tc.lr_decay_every}; '
+           f'seeds {", ".join(_SEEDS.value)} (mean ± sd over seeds; F in %, test split). '
+           'Wall time of the runs in the invocation that wrote this (2 CPU cores; a run resumed '
+           'there counts only what it did then): '
+           + ', '.join(f'{run} {s / 60:.1f} min' for run, s in seconds.items()) + '.', '']
+  for t in tables:
+    lines += table_section(*TABLES[t], workdirs) + ['']
+  return '\n'.join(lines).rstrip()
 
 
 def write_section(path: str, body: str) -> None:
@@ -127,7 +148,7 @@ def write_section(path: str, body: str) -> None:
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
   else:
-    head, tail = text.rstrip('\n') + '\n\n## Ablation (Table 2)\n\n', '\n'
+    head, tail = text.rstrip('\n') + '\n\n## Ablations\n\n', '\n'
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.write(f'{head}{START}\n{body}\n{END}{tail}')
@@ -137,8 +158,19 @@ def write_section(path: str, body: str) -> None:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  runs = [run_seed(int(seed)) for seed in _SEEDS.value]
-  body = summarise(runs)
+  unknown = set(_TABLES.value) - set(TABLES)
+  if unknown:
+    raise app.UsageError(f'Unknown tables {sorted(unknown)}; choose from {sorted(TABLES)}.')
+  workdirs, seconds = [], {}
+  for seed in map(int, _SEEDS.value):
+    dirs = {}
+    for run in runs_of(_TABLES.value):
+      dirs[run] = os.path.join(_WORKDIR.value, f'{run}_seed{seed}')
+      shared = RUNS[run][2]
+      took = run_pipeline(run, seed, dirs[run], dirs[shared] if shared else None)
+      seconds[run] = seconds.get(run, 0.0) + took
+    workdirs.append(dirs)
+  body = summarise(_TABLES.value, workdirs, seconds)
   print(body)
   write_section(_RESULTS.value, body)
 

@@ -22,7 +22,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join('workdirs', config.name.replace(':', '_'))
+  workdir = _WORKDIR.value or os.path.join(
+      'workdirs', config.name.replace(':', '_').replace(',', '_'))
   if not jax.config.jax_compilation_cache_dir:  # Reruns and later stages skip XLA compiles.
     jax.config.update('jax_compilation_cache_dir',
                       os.path.expanduser('~/.cache/avvp_jax/xla'))
