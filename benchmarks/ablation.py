@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sys
-import time
 
 import numpy as np
 from absl import app, flags, logging
@@ -21,6 +20,7 @@ from absl import app, flags, logging
 # The configs live beside the library, not in it: make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from avvp_jax import metrics, pipeline, refine, train  # pylint: disable=g-import-not-at-top
+from benchmarks import markdown  # pylint: disable=g-import-not-at-top
 from configs import ma  # pylint: disable=g-import-not-at-top
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Model seeds (the data set is fixed).')
@@ -29,7 +29,7 @@ _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/ablation', 'Where the runs g
 _RESULTS = flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
                                'The Markdown file whose ablation section is rewritten.')
 
-START, END = '<!-- ablation:start -->', '<!-- ablation:end -->'
+MARKERS = ('<!-- ablation:start -->', '<!-- ablation:end -->')
 # run name: (config argument, overrides, run whose stage 1 it shares or None)
 RUNS = {
     'r': ('r', {}, None),
@@ -71,15 +71,19 @@ def make_config(run: str, seed: int):
   return config
 
 
-def run_pipeline(run: str, seed: int, workdir: str, shared_base: str | None) -> float:
-  """Runs one pipeline (copying a shared stage 1 first); returns its wall time in seconds."""
+def run_pipeline(run: str, seed: int, workdir: str, shared_base: str | None) -> None:
+  """Runs (or resumes) one pipeline, copying a shared stage 1 into a new workdir first."""
   if shared_base and not os.path.exists(workdir):
     os.makedirs(workdir)
     shutil.copytree(os.path.join(shared_base, 'base'), os.path.join(workdir, 'base'))
   print(f'=== seed {seed}: {run} -> {workdir}', flush=True)
-  start = time.perf_counter()
   pipeline.run(make_config(run, seed), workdir)
-  return time.perf_counter() - start
+
+
+def training_minutes(workdir: str) -> float:
+  """The epochs this workdir trained itself (a copied stage 1 is not counted), in minutes."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return sum(json.loads(line)['seconds'] for line in f if line.strip()) / 60
 
 
 def runs_of(tables: list[str]) -> list[str]:
@@ -87,15 +91,6 @@ def runs_of(tables: list[str]) -> list[str]:
   needed = {run for t in tables for _, run, _ in TABLES[t][1]}
   needed |= {RUNS[r][2] for r in needed if RUNS[r][2]}
   return [r for r in RUNS if r in needed]
-
-
-def mean_sd(values) -> str:
-  """'mean ± sd' over the defined values; 'n/a' if none, '(n of m)' if some are undefined."""
-  defined = [v for v in values if v is not None]
-  if not defined:
-    return 'n/a'
-  cell = f'{np.mean(defined):.1f} ± {np.std(defined):.1f}'
-  return cell if len(defined) == len(values) else f'{cell} ({len(defined)} of {len(values)})'
 
 
 def _report(workdir: str, stage: str) -> dict:
@@ -111,7 +106,7 @@ def table_section(title: str, rows, workdirs: list[dict[str, str]]) -> list[str]
   lines = [f'### {title}', '', f'| Variant | {header} |', '|---' * (len(keys) + 1) + '|']
   for label, run, stage in rows:
     reports = [_report(w[run], stage) for w in workdirs]
-    lines.append(f'| {label} | ' + ' | '.join(mean_sd([r[k] for r in reports]) for k in keys)
+    lines.append(f'| {label} | ' + ' | '.join(markdown.mean_sd([r[k] for r in reports]) for k in keys)
                  + ' |')
   refined = list(dict.fromkeys(run for _, run, stage in rows if stage == 'final'))
   if refined:
@@ -122,37 +117,24 @@ def table_section(title: str, rows, workdirs: list[dict[str, str]]) -> list[str]
               + ' |', '|---' * (len(STAT_KEYS) + 1) + '|']
     for run in refined:
       stats = [refine.load_refined(w[run])['stats'] for w in workdirs]
-      lines.append(f'| {run} | ' + ' | '.join(mean_sd([s[k] for s in stats]) for k in STAT_KEYS)
+      lines.append(f'| {run} | ' + ' | '.join(markdown.mean_sd([s[k] for s in stats]) for k in STAT_KEYS)
                    + ' |')
   return lines
 
 
-def summarise(tables: list[str], workdirs: list[dict[str, str]], seconds: dict[str, float]) -> str:
+def summarise(tables: list[str], workdirs: list[dict[str, str]]) -> str:
   config = ma.get_config()
   d, tc = config.data.synthetic, config.train
   lines = [f'Built-in synthetic LLP: {d.num_train} train / {d.num_val} val / {d.num_test} test '
            f'clips; {tc.epochs} epochs per training stage, lr x0.1 every {tc.lr_decay_every}; '
            f'seeds {", ".join(_SEEDS.value)} (mean ± sd over seeds; F in %, test split). '
-           'Wall time of the runs in the invocation that wrote this (2 CPU cores; a run resumed '
-           'there counts only what it did then): '
-           + ', '.join(f'{run} {s / 60:.1f} min' for run, s in seconds.items()) + '.', '']
+           'Training time per seed (epochs and their validation, from metrics.jsonl; 2 CPU '
+           'cores): ' + ', '.join(
+               f'{run} {np.mean([training_minutes(w[run]) for w in workdirs]):.1f} min'
+               for run in runs_of(tables)) + '.', '']
   for t in tables:
     lines += table_section(*TABLES[t], workdirs) + ['']
   return '\n'.join(lines).rstrip()
-
-
-def write_section(path: str, body: str) -> None:
-  """Replaces the text between the ablation markers of `path` (creating what is missing)."""
-  text = open(path).read() if os.path.exists(path) else '# Results\n'
-  if START in text and END in text:
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1]
-  else:
-    head, tail = text.rstrip('\n') + '\n\n## Ablations\n\n', '\n'
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(f'{head}{START}\n{body}\n{END}{tail}')
-  os.replace(tmp, path)
 
 
 def main(argv):
@@ -161,18 +143,17 @@ def main(argv):
   unknown = set(_TABLES.value) - set(TABLES)
   if unknown:
     raise app.UsageError(f'Unknown tables {sorted(unknown)}; choose from {sorted(TABLES)}.')
-  workdirs, seconds = [], {}
+  workdirs = []
   for seed in map(int, _SEEDS.value):
     dirs = {}
     for run in runs_of(_TABLES.value):
       dirs[run] = os.path.join(_WORKDIR.value, f'{run}_seed{seed}')
       shared = RUNS[run][2]
-      took = run_pipeline(run, seed, dirs[run], dirs[shared] if shared else None)
-      seconds[run] = seconds.get(run, 0.0) + took
+      run_pipeline(run, seed, dirs[run], dirs[shared] if shared else None)
     workdirs.append(dirs)
-  body = summarise(_TABLES.value, workdirs, seconds)
+  body = summarise(_TABLES.value, workdirs)
   print(body)
-  write_section(_RESULTS.value, body)
+  markdown.replace_section(_RESULTS.value, body, MARKERS, '## Ablations')
 
 
 if __name__ == '__main__':

@@ -47,14 +47,14 @@ from avvp_jax import metrics, refine, train  # pylint: disable=g-import-not-at-t
 from avvp_jax.data import synthetic
 from avvp_jax.data.split import Split
 from avvp_jax.models import HAN, HybridAttentionLayer
-from benchmarks import flops, profiling, torch_han
+from benchmarks import flops, markdown, profiling, torch_han
 from configs import ma
 
 SECTIONS = ('attention', 'train', 'refine', 'eval')
 BATCH = 16  # The paper's batch size: the train-step targets and the epoch use it.
 LLP_TRAIN_CLIPS = 10_000
 PRODUCTS_ROW = 'matrix products of the train step alone'
-MARK_START, MARK_END = '<!-- performance:start -->', '<!-- performance:end -->'
+MARKERS = ('<!-- performance:start -->', '<!-- performance:end -->')
 BLOCK = '<!-- performance:block {} -->'
 
 
@@ -706,24 +706,15 @@ def write_results(path: str, report: dict) -> None:
 
   The rest of the file (another engineer's tables) and other backends' blocks are kept.
   """
-  text = open(path).read() if os.path.exists(path) else (
-      f'# Results\n\n{MARK_START}\n{MARK_END}\n')
-  if MARK_START not in text or MARK_END not in text:
-    text = text.rstrip('\n') + f'\n\n{MARK_START}\n{MARK_END}\n'
-  head, rest = text.split(MARK_START, 1)
-  section, tail = rest.split(MARK_END, 1)
   blocks = {}
-  for chunk in section.split('<!-- performance:block ')[1:]:
+  for chunk in markdown.read_section(path, MARKERS).split('<!-- performance:block ')[1:]:
     name, body = chunk.split(' -->', 1)
     blocks[name] = body.strip('\n')
   m = report['machine']
   device = f'{m["cpu"]}, {m["cores"]} cores' if m['backend'] == 'cpu' else m['device']
   blocks[m['backend']] = f'### Performance on {m["backend"]}: {device}\n\n' + format_report(report)
   body = '\n\n'.join(f'{BLOCK.format(name)}\n{blocks[name]}' for name in sorted(blocks))
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(f'{head}{MARK_START}\n{body}\n{MARK_END}{tail}')
-  os.replace(tmp, path)
+  markdown.replace_section(path, body, MARKERS, '## Performance')
 
 
 def parse_args(argv):

@@ -18,7 +18,7 @@ from jax.extend import core as jax_core
 
 from avvp_jax import losses, train
 from avvp_jax.models import HAN, HybridAttentionLayer
-from benchmarks import flops, profiling, run, torch_han
+from benchmarks import flops, markdown, profiling, run, torch_han
 from configs import ma
 
 B, T = 3, 10
@@ -218,21 +218,27 @@ def test_missed_target_shows_its_measured_reason():
 
 def test_results_file_keeps_the_rest_and_other_backends(tmp_path):
   path = tmp_path / 'RESULTS.md'
-  path.write_text(f'# Results\n\n## Ablations\n\n| a | b |\n\n{run.MARK_START}\nold text\n'
-                  f'{run.MARK_END}\n\nafter\n')
+  path.write_text(f'# Results\n\n## Ablations\n\n| a | b |\n\n{run.MARKERS[0]}\nold text\n'
+                  f'{run.MARKERS[1]}\n\nafter\n')
   run.write_results(str(path), _report('gpu', 3.0))
   run.write_results(str(path), _report('cpu', 1.0))
   run.write_results(str(path), _report('cpu', 2.5))
   text = path.read_text()
   assert text.startswith('# Results\n\n## Ablations\n\n| a | b |\n\n')
-  assert text.endswith(f'{run.MARK_END}\n\nafter\n')
+  assert text.endswith(f'{run.MARKERS[1]}\n\nafter\n')
   assert 'old text' not in text
   assert text.count('### Performance on cpu') == 1 and '### Performance on gpu' in text
   assert '2.50x' in text and '1.00x' not in text
 
   fresh = tmp_path / 'new.md'
   run.write_results(str(fresh), _report('cpu', 2.5))
-  assert fresh.read_text().startswith(f'# Results\n\n{run.MARK_START}\n')
+  assert fresh.read_text().startswith(f'# Results\n\n## Performance\n\n{run.MARKERS[0]}\n')
+
+
+def test_mean_sd_leaves_undefined_values_out():
+  assert markdown.mean_sd([50.0, None, 70.0]) == '60.0 ± 10.0 (2 of 3)'
+  assert markdown.mean_sd([None, None]) == 'n/a'
+  assert markdown.mean_sd([0.0, 0.0]) == '0.0 ± 0.0'
 
 
 def test_quick_suite_runs_every_section(tmp_path):
@@ -247,4 +253,4 @@ def test_quick_suite_runs_every_section(tmp_path):
   assert 'same ten numbers: yes' in report['rows'][-1]['note']
   assert json.loads(json_path.read_text())['profile'] == 'quick'
   text = results_path.read_text()
-  assert run.MARK_START in text and 'train step, batch 16' in text
+  assert run.MARKERS[0] in text and 'train step, batch 16' in text

@@ -111,6 +111,32 @@ def test_refinement_stats_precision_recall():
   assert 'visual/precision' not in no_truth and no_truth['audio/dropped'] == 2
 
 
+def test_undefined_precision_and_recall_are_none_and_shown_as_n_a():
+  labels = _labels([[0, 1], [2]])
+  gt = np.ones((2, 25, 10), bool)  # Every labelled event is audible and visible.
+  nothing = np.zeros((2, 25), bool)
+  stats = refine.refinement_stats(labels, nothing, _labels([[0], []]), gt, gt)
+  assert stats['audio/precision'] is None  # nothing dropped
+  assert stats['audio/recall'] is None and stats['visual/recall'] is None  # nothing absent
+  assert stats['visual/precision'] == 0.0  # one drop, wrong: defined, and zero
+  lines = refine.format_stats(stats).splitlines()
+  assert 'precision   n/a  recall   n/a' in lines[1]
+  assert 'precision   0.0  recall   n/a' in lines[2]
+
+
+def test_base_error_stats_count_the_classes_with_training_error():
+  labels = _labels([[0], [0, 1], []])
+  orig = {'a_prob': np.zeros((3, 25)), 'v_prob': np.zeros((3, 25))}
+  orig['a_prob'][:2, 0] = orig['a_prob'][1, 1] = 0.9  # audio right everywhere
+  orig['v_prob'][2, 3] = 0.9  # visual: misses class 0 twice, class 1 once, false alarm on 3
+  stats = refine.base_error_stats(orig, labels, 0.5)
+  assert stats['audio/error_classes'] == 0 and stats['audio/train_error'] == 0.0
+  assert stats['visual/error_classes'] == 3
+  assert stats['visual/train_error'] == pytest.approx(100 * (2 + 1 + 1) / 3 / 25)
+  assert 'visual 5.3 % (> 0 in 3/25 classes)' in refine.format_stats(
+      {'labels': 3, 'audio/dropped': 0, 'visual/dropped': 0, **stats})
+
+
 def test_swapped_probs_equal_explicit_calls_on_re_paired_inputs():
   split = synthetic.generate_split(9, 0, 'train')
   model = HAN(d_model=32, ffn_dim=32)

@@ -1,0 +1,46 @@
+"""Markdown helpers of the benchmark scripts: cells of mean ± sd, sections between markers."""
+
+import os
+
+import numpy as np
+
+
+def mean_sd(values) -> str:
+  """'mean ± sd' over the values that are not None (an undefined precision, say): 'n/a' if
+  none is defined, and '(n of m)' after the cell if only some are."""
+  defined = [v for v in values if v is not None]
+  if not defined:
+    return 'n/a'
+  cell = f'{np.mean(defined):.1f} ± {np.std(defined):.1f}'
+  return cell if len(defined) == len(values) else f'{cell} ({len(defined)} of {len(values)})'
+
+
+def read_section(path: str, markers: tuple[str, str]) -> str:
+  """The text between the markers of `path`; '' if the file or the markers are missing."""
+  if not os.path.exists(path):
+    return ''
+  with open(path) as f:
+    text = f.read()
+  start, end = markers
+  if start not in text or end not in text:
+    return ''
+  return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def replace_section(path: str, body: str, markers: tuple[str, str], heading: str) -> None:
+  """Writes `body` between the markers of `path`, keeping the rest of the file; a file that
+  lacks them gets `heading` and the markers appended (and is created if need be). Atomic."""
+  start, end = markers
+  text = '# Results\n'
+  if os.path.exists(path):
+    with open(path) as f:
+      text = f.read()
+  if start in text and end in text:
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+  else:
+    head, tail = text.rstrip('\n') + f'\n\n{heading}\n\n', '\n'
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(f'{head}{start}\n{body}\n{end}{tail}')
+  os.replace(tmp, path)

@@ -1,0 +1,180 @@
+"""Regime map: where the refinement of MA works on the built-in data, and where it stops.
+
+  python benchmarks/regime.py [--seeds=0] [--sizes=500,1000,2000] [--workdir=workdirs/regime]
+
+MA (`configs/ma.py:cr`) for every training-split size x stage-1 schedule x `base_selection`
+(stage 3 uses the same schedule, as in the method). The `best_val` cell reuses the stage 1 of
+its `last` cell. A cell whose config equals a run of `benchmarks/ablation.py` (`--reuse`) is
+copied from it. Writes a table into benchmarks/RESULTS.md between the regime markers and the
+figure benchmarks/regime.png.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from avvp_jax import pipeline, refine, train  # pylint: disable=g-import-not-at-top
+from benchmarks import markdown  # pylint: disable=g-import-not-at-top
+from configs import ma  # pylint: disable=g-import-not-at-top
+
+_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Model seeds (the data set is fixed per size).')
+_SIZES = flags.DEFINE_list('sizes', ['500', '1000', '2000'], 'Training clips.')
+_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/regime', 'Where the runs go.')
+_REUSE = flags.DEFINE_string('reuse', 'workdirs/ablation', 'Workdirs of ablation.py to reuse.')
+_RESULTS = flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
+                               'The Markdown file whose regime section is rewritten.')
+_FIGURE = flags.DEFINE_string('figure', os.path.join(os.path.dirname(__file__), 'regime.png'),
+                              'Where the figure goes.')
+
+MARKERS = ('<!-- regime:start -->', '<!-- regime:end -->')
+# (label, epochs per stage, lr_decay_every): short to the paper's.
+SCHEDULES = (('4, step 2', 4, 2), ('8, step 3 (builtin)', 8, 3),
+             ('12, step 10 (reference)', 12, 10), ('40, step 10 (paper)', 40, 10))
+SELECTIONS = ('last', 'best_val')
+# Per cell: refinement statistics, then test numbers of stage 1 and stage 3.
+STATS = ('visual/dropped', 'visual/precision', 'visual/recall', 'audio/dropped',
+         'audio/precision', 'audio/recall', 'visual/error_classes', 'audio/error_classes')
+
+
+def cell_config(size: int, epochs: int, step: int, selection: str, seed: int):
+  config = ma.get_config('cr')
+  config.seed = seed
+  config.update_from_flattened_dict({
+      'data.synthetic.num_train': size, 'train.epochs': epochs, 'train.lr_decay_every': step,
+      'train.base_selection': selection})
+  return config
+
+
+def run_cell(size: int, epochs: int, step: int, selection: str, seed: int) -> str:
+  """Runs (or resumes) one cell; returns its workdir."""
+  name = lambda sel: os.path.join(_WORKDIR.value, f'n{size}_e{epochs}s{step}_{sel}_seed{seed}')
+  workdir, config = name(selection), cell_config(size, epochs, step, selection, seed)
+  if not os.path.exists(workdir):
+    same = os.path.join(_REUSE.value, f'cr_seed{seed}')
+    if _same_config(same, config):
+      print(f'=== {workdir}: copied from {same}', flush=True)
+      shutil.copytree(same, workdir)
+    elif selection != 'last':  # Stage 1 does not depend on base_selection.
+      os.makedirs(workdir)
+      shutil.copytree(os.path.join(name('last'), 'base'), os.path.join(workdir, 'base'))
+  print(f'=== {workdir}', flush=True)
+  pipeline.run(config, workdir)
+  return workdir
+
+
+def _same_config(workdir: str, config) -> bool:
+  path = os.path.join(workdir, pipeline.CONFIG_FILE)
+  if not os.path.exists(os.path.join(workdir, 'final', 'report_test.json')):
+    return False
+  with open(path) as f:
+    return json.load(f) == json.loads(config.to_json())
+
+
+def cell_numbers(workdir: str) -> dict:
+  """Refinement statistics, stage-1 and stage-3 test numbers, and the random-drop precision."""
+  stats = refine.load_refined(workdir)['stats']
+  reports = {}
+  for stage in ('base', 'final'):
+    with open(train.stage_paths(workdir, stage)['report']) as f:
+      reports[stage] = json.load(f)['results']
+  out = {k: stats[k] for k in STATS}
+  with ocp.CheckpointManager(train.stage_paths(workdir, 'base')['best']) as best:
+    out['base best_val epoch'] = best.latest_step()
+  out['visual/random_precision'] = 100 * stats['visual/absent'] / stats['labels']
+  for key in ('segment/visual', 'segment/type'):
+    out[f'base {key}'] = reports['base'][key]
+    out[f'gain {key}'] = reports['final'][key] - reports['base'][key]
+  return out
+
+
+def gather(cells: dict) -> dict:
+  """{(size, schedule label, selection): [numbers per seed]} -> {...: {key: [values]}}."""
+  return {cell: {k: [n[k] for n in per_seed] for k in per_seed[0]}
+          for cell, per_seed in cells.items()}
+
+
+def table(numbers: dict) -> str:
+  columns = ('base best_val epoch',) + STATS + ('visual/random_precision', 'base segment/visual', 'gain segment/visual',
+                     'base segment/type', 'gain segment/type')
+  lines = ['| train clips | schedule | base selection | ' + ' | '.join(
+      c.replace('/', ' ').replace('_', ' ') for c in columns) + ' |',
+           '|---' * (len(columns) + 3) + '|']
+  for (size, schedule, selection), values in numbers.items():
+    lines.append(f'| {size} | {schedule} | {selection} | '
+                 + ' | '.join(markdown.mean_sd(values[c]) for c in columns) + ' |')
+  return '\n'.join(lines)
+
+
+def _mean(values) -> float:
+  defined = [v for v in values if v is not None]
+  return float(np.mean(defined)) if defined else np.nan
+
+
+def plot(numbers: dict, path: str) -> None:
+  """Four panels over the stage-1 schedule: visual precision, recall, stage-3 gains."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  panels = (('visual/precision', 'visual drops: precision (%)'),
+            ('visual/recall', 'visual drops: recall (%)'),
+            ('gain segment/visual', 'stage 3 - stage 1: segment Visual F'),
+            ('gain segment/type', 'stage 3 - stage 1: segment Type@AV'))
+  sizes = sorted({size for size, _, _ in numbers})
+  x = np.arange(len(SCHEDULES))
+  fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+  axes = axes.ravel()
+  colors = plt.get_cmap('viridis')(np.linspace(0, 0.85, len(sizes)))
+  for ax, (key, title) in zip(axes, panels):
+    for size, color in zip(sizes, colors):
+      for selection, style in zip(SELECTIONS, ('-', '--')):
+        y = [_mean(numbers[(size, label, selection)][key])
+             if (size, label, selection) in numbers else np.nan for label, _, _ in SCHEDULES]
+        ax.plot(x, y, style, marker='o', color=color, label=f'{size} clips, {selection}')
+      if key == 'visual/precision':
+        chance = [_mean(numbers[(size, label, 'last')]['visual/random_precision'])
+                  if (size, label, 'last') in numbers else np.nan for label, _, _ in SCHEDULES]
+        ax.plot(x, chance, ':', color=color, label=f'{size} clips, random drops')
+    if key.startswith('gain'):
+      ax.axhline(0, color='grey', lw=0.8)
+    ax.set_xticks(x, [label.replace(' (', '\n(') for label, _, _ in SCHEDULES], fontsize=8)
+    ax.set_xlabel('epochs per stage, lr step')
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.suptitle('MA on the built-in data: refinement quality (train split) and stage-3 gain '
+               '(test split)\nby schedule, training-split size and base selection', fontsize=11)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  cells = {}
+  for seed in map(int, _SEEDS.value):
+    for size in map(int, _SIZES.value):
+      for label, epochs, step in SCHEDULES:
+        for selection in SELECTIONS:
+          workdir = run_cell(size, epochs, step, selection, seed)
+          cells.setdefault((size, label, selection), []).append(cell_numbers(workdir))
+  numbers = gather(cells)
+  body = (f'MA (`:cr`), seeds {", ".join(_SEEDS.value)}; every cell trains stage 1 and stage 3 '
+          'with the schedule of its row; mean ± sd over seeds. Precision and recall of the '
+          'drops in %, against the train split\'s dense truth; random precision: the share of '
+          'weak labels that are truly invisible (what random visual drops would score); gains '
+          'in points of test F. Figure: `benchmarks/regime.png`.\n\n' + table(numbers))
+  print(body)
+  plot(numbers, _FIGURE.value)
+  markdown.replace_section(_RESULTS.value, body, MARKERS, '## Regime map')
+
+
+if __name__ == '__main__':
+  app.run(main)
