@@ -155,15 +155,17 @@ def per_class_f(pred, gt):
   return np.where(denom > 0, 100 * 2 * tp / np.maximum(denom, 1), np.nan)
 
 
-def format_table(results, title=''):
-  """The ten numbers in the paper's layout (rows: levels, columns: COLUMNS), one decimal."""
+def format_table(results, title='', signed=False):
+  """The ten numbers in the paper's layout (rows: levels, columns: COLUMNS), one decimal;
+  `signed` shows the sign of every cell (for differences)."""
+  sign = '+' if signed else ''
   names = [name for _, name in COLUMNS]
   widths = [max(len(name), 6) for name in names]
   label_width = max(len(name) for _, name in LEVELS)
   lines = [title] if title else []
   lines.append(' ' * label_width + ''.join(f'  {n:>{w}}' for n, w in zip(names, widths)))
   for level, level_name in LEVELS:
-    cells = ''.join(f'  {results[f"{level}/{key}"]:>{w}.1f}'
+    cells = ''.join(f'  {results[f"{level}/{key}"]:>{sign}{w}.1f}'
                     for (key, _), w in zip(COLUMNS, widths))
     lines.append(f'{level_name:<{label_width}}{cells}')
   return '\n'.join(lines)

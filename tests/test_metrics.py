@@ -355,6 +355,13 @@ def test_format_table_layout():
   assert metrics.format_table(_example_results()).splitlines()[0] == lines[1]
 
 
+def test_format_table_signed_shows_differences():
+  diff = {key: 1.5 - i for i, key in enumerate(KEYS)}
+  lines = metrics.format_table(diff, signed=True).splitlines()
+  assert lines[1].split()[1:] == ['+1.5', '+0.5', '-0.5', '-1.5', '-2.5']
+  assert lines[2].split()[1:] == ['-3.5', '-4.5', '-5.5', '-6.5', '-7.5']
+
+
 def test_format_per_class_lists_every_class():
   f_audio = np.arange(C, dtype=float)
   f_visual = np.full(C, np.nan)

@@ -33,11 +33,14 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_three_stages_chain_through_the_workdir(tmp_path):
+def test_three_stages_chain_through_the_workdir(tmp_path, capsys):
   workdir = str(tmp_path / 'run')
   config = _tiny_config()
   out = pipeline.run(config, workdir)
   assert set(out) == {'base', 'refine', 'final'}
+  printed = capsys.readouterr().out.split('stage 3 - stage 1 (test, points of F)\n')[1]
+  segment_gain = printed.splitlines()[1].split()[1:]
+  assert segment_gain[1] == f'{out["final"]["segment/visual"] - out["base"]["segment/visual"]:+.1f}'
 
   # base checkpoint -> refined targets -> final checkpoint, each found by the next stage.
   for stage in ('base', 'final'):
