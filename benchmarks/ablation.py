@@ -23,12 +23,6 @@ from avvp_jax import metrics, pipeline, refine, train  # pylint: disable=g-impor
 from benchmarks import markdown  # pylint: disable=g-import-not-at-top
 from configs import ma  # pylint: disable=g-import-not-at-top
 
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Model seeds (the data set is fixed).')
-_TABLES = flags.DEFINE_list('tables', ['2', '3', '4', 'k'], 'Which tables to run.')
-_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/ablation', 'Where the runs go.')
-_RESULTS = flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
-                               'The Markdown file whose ablation section is rewritten.')
-
 MARKERS = ('<!-- ablation:start -->', '<!-- ablation:end -->')
 # run name: (config argument, overrides, run whose stage 1 it shares or None)
 RUNS = {
@@ -122,12 +116,12 @@ def table_section(title: str, rows, workdirs: list[dict[str, str]]) -> list[str]
   return lines
 
 
-def summarise(tables: list[str], workdirs: list[dict[str, str]]) -> str:
+def summarise(tables: list[str], workdirs: list[dict[str, str]], seeds: list[str]) -> str:
   config = ma.get_config()
   d, tc = config.data.synthetic, config.train
   lines = [f'Built-in synthetic LLP: {d.num_train} train / {d.num_val} val / {d.num_test} test '
            f'clips; {tc.epochs} epochs per training stage, lr x0.1 every {tc.lr_decay_every}; '
-           f'seeds {", ".join(_SEEDS.value)} (mean ± sd over seeds; F in %, test split). '
+           f'seeds {", ".join(seeds)} (mean ± sd over seeds; F in %, test split). '
            'Training time per seed (epochs and their validation, from metrics.jsonl; 2 CPU '
            'cores): ' + ', '.join(
                f'{run} {np.mean([training_minutes(w[run]) for w in workdirs]):.1f} min'
@@ -140,21 +134,28 @@ def summarise(tables: list[str], workdirs: list[dict[str, str]]) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  unknown = set(_TABLES.value) - set(TABLES)
+  args = flags.FLAGS
+  unknown = set(args.tables) - set(TABLES)
   if unknown:
     raise app.UsageError(f'Unknown tables {sorted(unknown)}; choose from {sorted(TABLES)}.')
   workdirs = []
-  for seed in map(int, _SEEDS.value):
+  for seed in map(int, args.seeds):
     dirs = {}
-    for run in runs_of(_TABLES.value):
-      dirs[run] = os.path.join(_WORKDIR.value, f'{run}_seed{seed}')
+    for run in runs_of(args.tables):
+      dirs[run] = os.path.join(args.workdir, f'{run}_seed{seed}')
       shared = RUNS[run][2]
       run_pipeline(run, seed, dirs[run], dirs[shared] if shared else None)
     workdirs.append(dirs)
-  body = summarise(_TABLES.value, workdirs)
+  body = summarise(args.tables, workdirs, args.seeds)
   print(body)
-  markdown.replace_section(_RESULTS.value, body, MARKERS, '## Ablations')
+  markdown.replace_section(args.results, body, MARKERS, '## Ablations')
 
 
 if __name__ == '__main__':
+  # Defined here, not on import: tests and regime.py import this module's tables.
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Model seeds (the data set is fixed).')
+  flags.DEFINE_list('tables', ['2', '3', '4', 'k'], 'Which tables to run.')
+  flags.DEFINE_string('workdir', 'workdirs/ablation', 'Where the runs go.')
+  flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
+                      'The Markdown file whose ablation section is rewritten.')
   app.run(main)

@@ -23,15 +23,6 @@ from avvp_jax import pipeline, refine, train  # pylint: disable=g-import-not-at-
 from benchmarks import markdown  # pylint: disable=g-import-not-at-top
 from configs import ma  # pylint: disable=g-import-not-at-top
 
-_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Model seeds (the data set is fixed per size).')
-_SIZES = flags.DEFINE_list('sizes', ['500', '1000', '2000'], 'Training clips.')
-_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/regime', 'Where the runs go.')
-_REUSE = flags.DEFINE_string('reuse', 'workdirs/ablation', 'Workdirs of ablation.py to reuse.')
-_RESULTS = flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
-                               'The Markdown file whose regime section is rewritten.')
-_FIGURE = flags.DEFINE_string('figure', os.path.join(os.path.dirname(__file__), 'regime.png'),
-                              'Where the figure goes.')
-
 MARKERS = ('<!-- regime:start -->', '<!-- regime:end -->')
 # (label, epochs per stage, lr_decay_every): short to the paper's.
 SCHEDULES = (('4, step 2', 4, 2), ('8, step 3 (builtin)', 8, 3),
@@ -51,12 +42,14 @@ def cell_config(size: int, epochs: int, step: int, selection: str, seed: int):
   return config
 
 
-def run_cell(size: int, epochs: int, step: int, selection: str, seed: int) -> str:
-  """Runs (or resumes) one cell; returns its workdir."""
-  name = lambda sel: os.path.join(_WORKDIR.value, f'n{size}_e{epochs}s{step}_{sel}_seed{seed}')
+def run_cell(size: int, epochs: int, step: int, selection: str, seed: int, root: str,
+             reuse: str) -> str:
+  """Runs (or resumes) one cell under `root`; returns its workdir. A finished run of the same
+  config in `reuse` (ablation.py's `cr_seed<seed>`) is copied instead of trained again."""
+  name = lambda sel: os.path.join(root, f'n{size}_e{epochs}s{step}_{sel}_seed{seed}')
   workdir, config = name(selection), cell_config(size, epochs, step, selection, seed)
   if not os.path.exists(workdir):
-    same = os.path.join(_REUSE.value, f'cr_seed{seed}')
+    same = os.path.join(reuse, f'cr_seed{seed}')
     if _same_config(same, config):
       print(f'=== {workdir}: copied from {same}', flush=True)
       shutil.copytree(same, workdir)
@@ -158,23 +151,33 @@ def plot(numbers: dict, path: str) -> None:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  args = flags.FLAGS
   cells = {}
-  for seed in map(int, _SEEDS.value):
-    for size in map(int, _SIZES.value):
+  for seed in map(int, args.seeds):
+    for size in map(int, args.sizes):
       for label, epochs, step in SCHEDULES:
         for selection in SELECTIONS:
-          workdir = run_cell(size, epochs, step, selection, seed)
+          workdir = run_cell(size, epochs, step, selection, seed, args.workdir, args.reuse)
           cells.setdefault((size, label, selection), []).append(cell_numbers(workdir))
   numbers = gather(cells)
-  body = (f'MA (`:cr`), seeds {", ".join(_SEEDS.value)}; every cell trains stage 1 and stage 3 '
+  body = (f'MA (`:cr`), seeds {", ".join(args.seeds)}; every cell trains stage 1 and stage 3 '
           'with the schedule of its row; mean ± sd over seeds. Precision and recall of the '
           'drops in %, against the train split\'s dense truth; random precision: the share of '
           'weak labels that are truly invisible (what random visual drops would score); gains '
           'in points of test F. Figure: `benchmarks/regime.png`.\n\n' + table(numbers))
   print(body)
-  plot(numbers, _FIGURE.value)
-  markdown.replace_section(_RESULTS.value, body, MARKERS, '## Regime map')
+  plot(numbers, args.figure)
+  markdown.replace_section(args.results, body, MARKERS, '## Regime map')
 
 
 if __name__ == '__main__':
+  # Defined here, not on import, as in ablation.py.
+  flags.DEFINE_list('seeds', ['0'], 'Model seeds (the data set is fixed per size).')
+  flags.DEFINE_list('sizes', ['500', '1000', '2000'], 'Training clips.')
+  flags.DEFINE_string('workdir', 'workdirs/regime', 'Where the runs go.')
+  flags.DEFINE_string('reuse', 'workdirs/ablation', 'Workdirs of ablation.py to reuse.')
+  flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
+                      'The Markdown file whose regime section is rewritten.')
+  flags.DEFINE_string('figure', os.path.join(os.path.dirname(__file__), 'regime.png'),
+                      'Where the figure goes.')
   app.run(main)
