@@ -42,11 +42,15 @@ def cell_config(size: int, epochs: int, step: int, selection: str, seed: int):
   return config
 
 
+def cell_dir(root: str, size: int, epochs: int, step: int, selection: str, seed: int) -> str:
+  return os.path.join(root, f'n{size}_e{epochs}s{step}_{selection}_seed{seed}')
+
+
 def run_cell(size: int, epochs: int, step: int, selection: str, seed: int, root: str,
              reuse: str) -> str:
   """Runs (or resumes) one cell under `root`; returns its workdir. A finished run of the same
   config in `reuse` (ablation.py's `cr_seed<seed>`) is copied instead of trained again."""
-  name = lambda sel: os.path.join(root, f'n{size}_e{epochs}s{step}_{sel}_seed{seed}')
+  name = lambda sel: cell_dir(root, size, epochs, step, sel, seed)
   workdir, config = name(selection), cell_config(size, epochs, step, selection, seed)
   if not os.path.exists(workdir):
     same = os.path.join(reuse, f'cr_seed{seed}')
@@ -152,12 +156,18 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   args = flags.FLAGS
-  cells = {}
+  cells, missing = {}, []
   for seed in map(int, args.seeds):
     for size in map(int, args.sizes):
       for label, epochs, step in SCHEDULES:
         for selection in SELECTIONS:
-          workdir = run_cell(size, epochs, step, selection, seed, args.workdir, args.reuse)
+          if args.train:
+            workdir = run_cell(size, epochs, step, selection, seed, args.workdir, args.reuse)
+          else:
+            workdir = cell_dir(args.workdir, size, epochs, step, selection, seed)
+            if not os.path.exists(train.stage_paths(workdir, 'final')['report']):
+              missing.append(f'{size} clips, {label}, {selection}, seed {seed}')
+              continue
           cells.setdefault((size, label, selection), []).append(cell_numbers(workdir))
   numbers = gather(cells)
   body = (f'MA (`:cr`), seeds {", ".join(args.seeds)}; every cell trains stage 1 and stage 3 '
@@ -165,6 +175,8 @@ def main(argv):
           'drops in %, against the train split\'s dense truth; random precision: the share of '
           'weak labels that are truly invisible (what random visual drops would score); gains '
           'in points of test F. Figure: `benchmarks/regime.png`.\n\n' + table(numbers))
+  if missing:
+    body += '\n\nNot run (no finished stage 3): ' + '; '.join(missing) + '.'
   print(body)
   plot(numbers, args.figure)
   markdown.replace_section(args.results, body, MARKERS, '## Regime map')
@@ -178,6 +190,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('reuse', 'workdirs/ablation', 'Workdirs of ablation.py to reuse.')
   flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
                       'The Markdown file whose regime section is rewritten.')
+  flags.DEFINE_bool('train', True, 'Train the cells that are not finished; with --notrain, '
+                    'only tabulate the finished ones and list the others as not run.')
   flags.DEFINE_string('figure', os.path.join(os.path.dirname(__file__), 'regime.png'),
                       'Where the figure goes.')
   app.run(main)

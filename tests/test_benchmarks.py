@@ -239,6 +239,7 @@ def test_mean_sd_leaves_undefined_values_out():
   assert markdown.mean_sd([50.0, None, 70.0]) == '60.0 ± 10.0 (2 of 3)'
   assert markdown.mean_sd([None, None]) == 'n/a'
   assert markdown.mean_sd([0.0, 0.0]) == '0.0 ± 0.0'
+  assert markdown.mean_sd([7.25]) == '7.2' and markdown.mean_sd([None, 7.25]) == '7.2 (1 of 2)'
 
 
 def test_ablation_runs_each_shared_stage_1_first(monkeypatch):
@@ -269,7 +270,7 @@ def test_regime_table_has_a_row_per_cell_and_n_a_where_undefined():
   assert len(lines) == 2 + 2 * len(regime.SCHEDULES) * len(regime.SELECTIONS)
   paper = [line for line in lines if '(paper)' in line]
   assert len(paper) == 4 and all('| n/a |' in line for line in paper)
-  assert '| 70.0 ± 0.0 (1 of 2) |' in lines[2]
+  assert '| 70.0 (1 of 2) |' in lines[2]
 
 
 def test_regime_figure_is_a_png_of_the_expected_size(tmp_path):
