@@ -119,7 +119,7 @@ def plot(numbers: dict, path: str) -> None:
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  panels = (('visual/precision', 'visual drops: precision (%)'),
+  panels = (('visual/precision', 'visual drops: precision (%; no point: nothing dropped)'),
             ('visual/recall', 'visual drops: recall (%)'),
             ('gain segment/visual', 'stage 3 - stage 1: segment Visual F'),
             ('gain segment/type', 'stage 3 - stage 1: segment Type@AV'))
@@ -130,10 +130,11 @@ def plot(numbers: dict, path: str) -> None:
   colors = plt.get_cmap('viridis')(np.linspace(0, 0.85, len(sizes)))
   for ax, (key, title) in zip(axes, panels):
     for size, color in zip(sizes, colors):
-      for selection, style in zip(SELECTIONS, ('-', '--')):
+      for selection, style, marker in zip(SELECTIONS, ('-', '--'), ('o', 's')):
         y = [_mean(numbers[(size, label, selection)][key])
              if (size, label, selection) in numbers else np.nan for label, _, _ in SCHEDULES]
-        ax.plot(x, y, style, marker='o', color=color, label=f'{size} clips, {selection}')
+        ax.plot(x, y, style, marker=marker, fillstyle='full' if selection == 'last' else 'none',
+                markersize=7, color=color, label=f'{size} clips, {selection}')
       if key == 'visual/precision':
         chance = [_mean(numbers[(size, label, 'last')]['visual/random_precision'])
                   if (size, label, 'last') in numbers else np.nan for label, _, _ in SCHEDULES]
