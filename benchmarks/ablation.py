@@ -95,24 +95,21 @@ def _report(workdir: str, stage: str) -> dict:
 def table_section(title: str, rows, workdirs: list[dict[str, str]]) -> list[str]:
   """One table: the ten numbers per row, then the refinement statistics of its runs."""
   keys = [f'{level}/{key}' for level, _ in metrics.LEVELS for key, _ in metrics.COLUMNS]
-  header = ' | '.join(f'{level} {name}' for level, _ in metrics.LEVELS
-                      for _, name in metrics.COLUMNS)
-  lines = [f'### {title}', '', f'| Variant | {header} |', '|---' * (len(keys) + 1) + '|']
+  names = [f'{level} {name}' for level, _ in metrics.LEVELS for _, name in metrics.COLUMNS]
+  lines = [f'### {title}', '', *markdown.header(['Variant'] + names)]
   for label, run, stage in rows:
     reports = [_report(w[run], stage) for w in workdirs]
-    lines.append(f'| {label} | ' + ' | '.join(markdown.mean_sd([r[k] for r in reports]) for k in keys)
-                 + ' |')
+    lines.append(markdown.row([label] + [markdown.mean_sd([r[k] for r in reports]) for k in keys]))
   refined = list(dict.fromkeys(run for _, run, stage in rows if stage == 'final'))
   if refined:
     lines += ['', 'Refinement of those runs on the train split, against its dense truth '
               '(precision and recall in %; error classes: of the 25 classes, those where the '
               'frozen stage-1 model errs on its training clips):', '',
-              '| Run | ' + ' | '.join(k.replace('/', ' ').replace('_', ' ') for k in STAT_KEYS)
-              + ' |', '|---' * (len(STAT_KEYS) + 1) + '|']
+              *markdown.header(('Run',) + STAT_KEYS)]
     for run in refined:
       stats = [refine.load_refined(w[run])['stats'] for w in workdirs]
-      lines.append(f'| {run} | ' + ' | '.join(markdown.mean_sd([s[k] for s in stats]) for k in STAT_KEYS)
-                   + ' |')
+      lines.append(markdown.row([run] + [markdown.mean_sd([s[k] for s in stats])
+                                         for k in STAT_KEYS]))
   return lines
 
 

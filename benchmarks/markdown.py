@@ -15,6 +15,16 @@ def mean_sd(values) -> str:
   return cell if len(defined) == len(values) else f'{cell} ({len(defined)} of {len(values)})'
 
 
+def row(cells) -> str:
+  """One Markdown table row."""
+  return '| ' + ' | '.join(str(c) for c in cells) + ' |'
+
+
+def header(names) -> list[str]:
+  """A Markdown table's header and rule; 'visual/error_classes' shows as 'visual error classes'."""
+  return [row(n.replace('/', ' ').replace('_', ' ') for n in names), '|---' * len(names) + '|']
+
+
 def read_section(path: str, markers: tuple[str, str]) -> str:
   """The text between the markers of `path`; '' if the file or the markers are missing."""
   if not os.path.exists(path):

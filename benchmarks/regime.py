@@ -28,7 +28,7 @@ MARKERS = ('<!-- regime:start -->', '<!-- regime:end -->')
 SCHEDULES = (('4, step 2', 4, 2), ('8, step 3 (builtin)', 8, 3),
              ('12, step 10 (reference)', 12, 10), ('40, step 10 (paper)', 40, 10))
 SELECTIONS = ('last', 'best_val')
-# Per cell: refinement statistics, then test numbers of stage 1 and stage 3.
+# The refinement statistics of a cell (refine.refinement_stats, refine.base_error_stats).
 STATS = ('visual/dropped', 'visual/precision', 'visual/recall', 'audio/dropped',
          'audio/precision', 'audio/recall', 'visual/error_classes', 'audio/error_classes')
 
@@ -66,10 +66,9 @@ def run_cell(size: int, epochs: int, step: int, selection: str, seed: int, root:
 
 
 def _same_config(workdir: str, config) -> bool:
-  path = os.path.join(workdir, pipeline.CONFIG_FILE)
-  if not os.path.exists(os.path.join(workdir, 'final', 'report_test.json')):
+  if not os.path.exists(train.stage_paths(workdir, 'final')['report']):
     return False
-  with open(path) as f:
+  with open(os.path.join(workdir, pipeline.CONFIG_FILE)) as f:
     return json.load(f) == json.loads(config.to_json())
 
 
@@ -97,14 +96,13 @@ def gather(cells: dict) -> dict:
 
 
 def table(numbers: dict) -> str:
-  columns = ('base best_val epoch',) + STATS + ('visual/random_precision', 'base segment/visual', 'gain segment/visual',
-                     'base segment/type', 'gain segment/type')
-  lines = ['| train clips | schedule | base selection | ' + ' | '.join(
-      c.replace('/', ' ').replace('_', ' ') for c in columns) + ' |',
-           '|---' * (len(columns) + 3) + '|']
+  columns = (('base best_val epoch',) + STATS + (
+      'visual/random_precision', 'base segment/visual', 'gain segment/visual',
+      'base segment/type', 'gain segment/type'))
+  lines = markdown.header(('train clips', 'schedule', 'base selection') + columns)
   for (size, schedule, selection), values in numbers.items():
-    lines.append(f'| {size} | {schedule} | {selection} | '
-                 + ' | '.join(markdown.mean_sd(values[c]) for c in columns) + ' |')
+    lines.append(markdown.row([size, schedule, selection]
+                              + [markdown.mean_sd(values[c]) for c in columns]))
   return '\n'.join(lines)
 
 
