@@ -219,7 +219,7 @@ def predict(model: HAN, params, split: Split, batch_size: int) -> dict[str, np.n
   return {k: np.concatenate([np.asarray(o[k]) for o in outs])[:n] for k in outs[0]}
 
 
-def evaluate(model: HAN, params, split: Split, batch_size: int) -> dict:
+def evaluate_split(model: HAN, params, split: Split, batch_size: int) -> dict:
   """The ten numbers of METHOD.md section 5 and per-class segment F on a split with truth."""
   out = predict(model, params, split, batch_size)
   pred_a, pred_v = metrics.segment_predictions(out['frame_prob'], out['a_prob'], out['v_prob'])
@@ -375,7 +375,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
         steps_per_call=tc.steps_per_call, lr_fn=schedule, desc=f'{stage} {epoch}/{tc.epochs}')
     _check_finite(terms, stage, epoch, f'{paths["checkpoints"]} (epoch {meta["epoch"]})'
                   if meta['epoch'] else 'none (the stage had not saved any epoch)')
-    val = evaluate(model, state.params, splits['val'], tc.eval_batch_size)['results']
+    val = evaluate_split(model, state.params, splits['val'], tc.eval_batch_size)['results']
     record = {'stage': stage, 'epoch': epoch, 'step': int(state.step),
               'lr': float(schedule(int(state.step) - 1)), 'train': _mean_terms(terms),
               'val': val, 'seconds': time.perf_counter() - start}
@@ -394,7 +394,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
   ckpt.close()
   best.close()
 
-  test = evaluate(model, state.params, splits['test'], tc.eval_batch_size)
+  test = evaluate_split(model, state.params, splits['test'], tc.eval_batch_size)
   print(metrics.format_table(test['results'], title=f'{config.name} [{stage}] test, epoch {tc.epochs}'))
   metrics.write_report(paths['report'], test['results'], split='test', num_clips=len(splits['test']),
                        step=int(state.step), config_name=config.name,

@@ -596,7 +596,7 @@ def bench_eval(ctx: dict) -> tuple[list, list]:
     return metrics.evaluate(pred_a, pred_v, split.gt_a, split.gt_v)
 
   t = budgeted({'forward': lambda: train.predict(model, params, split, sizes.eval_batch),
-                'evaluate': lambda: train.evaluate(model, params, split, sizes.eval_batch),
+                'evaluate': lambda: train.evaluate_split(model, params, split, sizes.eval_batch),
                 'metrics': metrics_only}, sizes)
   preds = metrics.segment_predictions(out['frame_prob'], out['a_prob'], out['v_prob'])
   loop = interleaved({'loop': lambda: plain_loop(*preds, split.gt_a, split.gt_v)},
@@ -608,7 +608,7 @@ def bench_eval(ctx: dict) -> tuple[list, list]:
   rows = [
       row('eval', f'forward pass, {n:,} clips (train.predict)', jax_s=t['forward'], clips=n,
           flop=n * flops.total(flops.han(contrastive=False)).forward),
-      row('eval', f'forward + metrics, {n:,} clips (train.evaluate)', jax_s=t['evaluate'],
+      row('eval', f'forward + metrics, {n:,} clips (train.evaluate_split)', jax_s=t['evaluate'],
           clips=n, note=f'{overhead:.2f}x the forward pass'),
       row('eval', f'metrics, {n:,} clips (vectorised)', jax_s=t['metrics'], clips=n,
           note='predictions to the ten numbers'),

@@ -35,7 +35,7 @@ def main(argv):
       continue
     found = True
     state = train.restore_state(config, workdir, stage)
-    result = train.evaluate(model, state.params, split, config.train.eval_batch_size)
+    result = train.evaluate_split(model, state.params, split, config.train.eval_batch_size)
     print(metrics.format_table(result['results'], title=f'{config.name} [{stage}] {split_name}'))
     print(metrics.format_per_class(result['per_class_audio'], result['per_class_visual']))
     metrics.write_report(os.path.join(paths['dir'], f'eval_{split_name}.json'),
