@@ -52,6 +52,28 @@ def mil_loss(out: dict, y, y_a, y_v, clip: float = 1e-7):
   return parts['global'] + parts['audio'] + parts['visual'], parts
 
 
+def total_loss(out: dict, targets: dict, loss_config):
+  """The training loss of every stage: MIL, plus w * contrastive when it is enabled.
+
+  Args:
+    out: model outputs: global_prob, a_prob, v_prob (B, 25); h_a, v (B, T, d).
+    targets: y_global, y_a, y_v (B, 25), e.g. from `mil_targets`.
+    loss_config: config.loss (clip, contrastive, contrastive_weight, tau,
+      contrastive_label_smoothing).
+
+  Returns:
+    (total, terms): terms holds global, audio, visual, [contrastive,] total; scalars.
+  """
+  total, terms = mil_loss(out, targets['y_global'], targets['y_a'], targets['y_v'],
+                          loss_config.clip)
+  if loss_config.contrastive:
+    terms['contrastive'] = contrastive_loss(
+        out['h_a'], out['v'], loss_config.tau, loss_config.contrastive_label_smoothing)
+    total = total + loss_config.contrastive_weight * terms['contrastive']
+  terms['total'] = total
+  return total, terms
+
+
 def mil_targets(y, drop_a=None, drop_v=None, *,
                 visual_label_smoothing: float = 0.1,
                 audio_drop_clears_global: bool = True):

@@ -4,10 +4,7 @@ Predictions and truth are boolean arrays of shape (N, C, T): clips, classes, seg
 Audio-visual arrays are always derived inside `evaluate` as the AND of audio and visual.
 """
 
-import json
 import math
-import os
-import tempfile
 
 import numpy as np
 
@@ -189,40 +186,3 @@ def format_per_class(f_audio, f_visual):
     lines.append(f'{name:<{name_width}}  {cell(float(fa))}  {cell(float(fv))}')
   return '\n'.join(lines)
 
-
-def _per_class_dict(values):
-  """(C,) values or None -> {class_name: float or None (for NaN)} or None."""
-  if values is None:
-    return None
-  if len(values) != len(CLASSES):
-    raise ValueError(f'Expected {len(CLASSES)} classes, got {len(values)}.')
-  return {name: None if math.isnan(float(v)) else float(v) for name, v in zip(CLASSES, values)}
-
-
-def write_report(path, results, *, split, num_clips, step, config_name,
-                 per_class_audio=None, per_class_visual=None):
-  """Writes an evaluation report as JSON, atomically (temp file + os.replace).
-
-  Per-class fields are {class_name: F or null}, or null when not given.
-  """
-  report = {
-      'split': split,
-      'num_clips': int(num_clips),
-      'step': None if step is None else int(step),
-      'config_name': config_name,
-      'results': {key: float(value) for key, value in results.items()},
-      'per_class_audio': _per_class_dict(per_class_audio),
-      'per_class_visual': _per_class_dict(per_class_visual),
-  }
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  # The temp file lives next to the target so that os.replace is an atomic rename.
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.json')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(report, f, indent=2, allow_nan=False)
-      f.write('\n')
-    os.replace(tmp_path, path)
-  except BaseException:
-    os.unlink(tmp_path)
-    raise

@@ -8,11 +8,9 @@ are evaluated at once with `jax.vmap` and their probabilities averaged; K = 1 is
 """
 
 import functools
-import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from avvp_jax import train
 from avvp_jax.data import Split
@@ -188,49 +186,17 @@ def format_stats(stats: dict) -> str:
   return '\n'.join(lines)
 
 
-def refine_dir(workdir: str) -> str:
-  return os.path.join(workdir, 'refine')
+def refine_targets(model: HAN, params, split: Split, refine_config, *, seed: int,
+                   eval_batch_size: int) -> tuple[dict[str, np.ndarray], dict]:
+  """Stage 2 on a split with the frozen model `params`: partners, swap, rule, statistics.
 
-
-def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
-  """Stage 2: refined targets from the frozen base model, saved through Orbax.
-
-  Saves {drop_a, drop_v} bool (N, 25) and the statistics under <workdir>/refine, which marks the
-  stage done. Returns the statistics.
+  Returns ({drop_a, drop_v: bool (N, 25), partners: int (N, K)}, statistics).
   """
-  done = load_refined(workdir)
-  if done is not None:
-    print(f'[refine] found in {refine_dir(workdir)}, not redone', flush=True)
-    return done['stats']
-  rc = config.refine
-  split = splits['train']
-  model = HAN.from_config(config.model)
-  params = train.stage_params(config, workdir, 'base', config.train.base_selection)
-  rng = np.random.default_rng([config.seed, 2])
-  partners = draw_partners(split.labels, rc.num_partners, rng)
-  orig = train.predict(model, params, split, config.train.eval_batch_size)
+  rc = refine_config
+  partners = draw_partners(split.labels, rc.num_partners, np.random.default_rng([seed, 2]))
+  orig = train.predict(model, params, split, eval_batch_size)
   swapped = swapped_probs(model, params, split, partners, rc.batch_size)
   drop_a, drop_v = refine_labels(orig, swapped, split.labels, rc.threshold, rc.modalities)
   stats = refinement_stats(split.labels, drop_a, drop_v, split.gt_a, split.gt_v)
   stats.update(base_error_stats(orig, split.labels, rc.threshold))
-  print(format_stats(stats))
-  with ocp.CheckpointManager(refine_dir(workdir),
-                             options=ocp.CheckpointManagerOptions(create=True)) as mngr:
-    mngr.save(0, args=ocp.args.Composite(
-        targets=ocp.args.StandardSave({'drop_a': drop_a, 'drop_v': drop_v,
-                                       'partners': partners}),
-        stats=ocp.args.JsonSave(stats)))
-    mngr.wait_until_finished()
-  return stats
-
-
-def load_refined(workdir: str):
-  """{'drop_a', 'drop_v', 'partners', 'stats'} saved by `refine_stage`, or None if not there."""
-  if not os.path.isdir(refine_dir(workdir)):
-    return None
-  with ocp.CheckpointManager(refine_dir(workdir)) as mngr:
-    if mngr.latest_step() is None:
-      return None
-    restored = mngr.restore(0, args=ocp.args.Composite(
-        targets=ocp.args.StandardRestore(), stats=ocp.args.JsonRestore()))
-  return {**{k: np.asarray(v) for k, v in restored.targets.items()}, 'stats': restored.stats}
+  return {'drop_a': drop_a, 'drop_v': drop_v, 'partners': partners}, stats

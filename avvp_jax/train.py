@@ -1,15 +1,14 @@
-"""Training and evaluation of one stage: a HAN model on (possibly refined) targets.
+"""The math of training: the train state, the step, an epoch, and evaluation of a split.
 
 The data set lives on the device; each epoch draws batches on the device from a seeded
 permutation, and runs its steps in a few calls of a `lax.scan`, so that a step needs no host
 round trip and no dispatch of its own. Steps are written against a `Mesh` with a
 `data` axis: batches are sharded along it and parameters replicated, which runs unchanged from
 one device to many. The train state is a plain pytree (params, optimiser state, step).
+Running a stage in a workdir (checkpoints, logs, reports) is `stages.py`'s work.
 """
 
 import functools
-import json
-import os
 import time
 from typing import Any, Callable
 
@@ -19,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -82,17 +80,10 @@ def device_arrays(split: Split, targets: dict[str, np.ndarray], mesh: Mesh) -> d
 
 
 def loss_fn(params, model: HAN, loss_config, batch: dict, rng) -> tuple[jax.Array, dict]:
-  """Total loss and its terms on a batch (B clips)."""
+  """`losses.total_loss` of the model on a batch of B clips (inputs and targets), train mode."""
   out = model.apply({'params': params}, *(batch[k] for k in INPUTS), train=True,
                     rngs={'dropout': rng})
-  total, terms = losses.mil_loss(out, batch['y_global'], batch['y_a'], batch['y_v'],
-                                 loss_config.clip)
-  if loss_config.contrastive:
-    terms['contrastive'] = losses.contrastive_loss(
-        out['h_a'], out['v'], loss_config.tau, loss_config.contrastive_label_smoothing)
-    total = total + loss_config.contrastive_weight * terms['contrastive']
-  terms['total'] = total
-  return total, terms
+  return losses.total_loss(out, batch, loss_config)
 
 
 @functools.lru_cache
@@ -241,163 +232,11 @@ def targets_from_labels(labels: np.ndarray, loss_config, drop_a=None, drop_v=Non
 
 
 STAGE_INDEX = {'base': 0, 'final': 1}
-# Key implementation of every seeded stream (init, shuffling, dropout keys). It was chosen
-# when dropout masks came from jax.random, which compiled 4x faster with 'rbg' keys than with
-# threefry ones; models.han.Dropout now draws its masks itself, so the choice no longer sets
-# the speed, but changing it changes every seeded result.
+# Key implementation of every seeded stream (init, shuffling, dropout keys); changing it
+# changes every seeded result (benchmarks/RESULTS.md, "Design measurements", says why it is rbg).
 RNG_IMPL = 'rbg'
 
 
 def stage_rng(seed: int, stage: str):
   return jax.random.fold_in(jax.random.key(seed, impl=RNG_IMPL), STAGE_INDEX[stage])
 
-
-def _abstract(tree):
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def _truncate_metrics(path: str, stage: str, last_epoch: int) -> None:
-  """Drops the records of `stage` after `last_epoch` (written before a kill, redone now)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  keep = [r for r in records if not (r['stage'] == stage and r['epoch'] > last_epoch)]
-  if len(keep) != len(records):
-    _write_lines(path, [json.dumps(r) for r in keep])
-
-
-def _write_lines(path: str, lines: list[str]) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(''.join(line + '\n' for line in lines))
-  os.replace(tmp, path)
-
-
-def _append_metrics(path: str, record: dict) -> None:
-  with open(path, 'a') as f:
-    f.write(json.dumps(record) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _mean_terms(terms: dict) -> dict:
-  return {k: float(np.mean(v)) for k, v in terms.items()}
-
-
-def _check_finite(terms: dict, stage: str, epoch: int, last_good: str) -> None:
-  bad = ~np.isfinite(terms['total'])
-  if bad.any():
-    step = int(np.argmax(bad))
-    raise FloatingPointError(
-        f'Stage {stage!r}, epoch {epoch}, step {step} of the epoch: the loss is '
-        f'{terms["total"][step]} ({ {k: float(v[step]) for k, v in terms.items()} }). '
-        f'Last good checkpoint: {last_good}.')
-
-
-def stage_paths(workdir: str, stage: str) -> dict[str, str]:
-  d = os.path.join(workdir, stage)
-  return {'dir': d, 'checkpoints': os.path.join(d, 'checkpoints'), 'best': os.path.join(d, 'best'),
-          'report': os.path.join(d, 'report_test.json')}
-
-
-def _restore_latest(directory: str, item: str, abstract):
-  mngr = ocp.CheckpointManager(directory)
-  try:
-    step = mngr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'No checkpoint in {directory}.')
-    return mngr.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore(abstract)}))[item]
-  finally:
-    mngr.close()
-
-
-def _abstract_state(config) -> TrainState:
-  model = HAN.from_config(config.model)
-  return jax.eval_shape(lambda: create_train_state(
-      model, optax.adam(make_schedule(config.train, 1)), jax.random.key(0, impl=RNG_IMPL)))
-
-
-def restore_state(config, workdir: str, stage: str) -> TrainState:
-  """The last saved train state of a stage."""
-  return _restore_latest(stage_paths(workdir, stage)['checkpoints'], 'state',
-                         _abstract_state(config))
-
-
-def stage_params(config, workdir: str, stage: str, which: str = 'last'):
-  """The parameters a finished stage hands on: its last epoch, or its best validation epoch."""
-  if which == 'best_val':
-    return _restore_latest(stage_paths(workdir, stage)['best'], 'params',
-                           _abstract_state(config).params)
-  if which != 'last':
-    raise ValueError(f'train.base_selection must be last or best_val, not {which!r}.')
-  return restore_state(config, workdir, stage).params
-
-
-def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
-                targets: dict[str, np.ndarray], splits: dict[str, Split]) -> dict:
-  """Trains a fresh model of one stage on `targets`, resuming from its last saved epoch.
-
-  Each epoch: train, evaluate val, append to <workdir>/metrics.jsonl, checkpoint. At the end,
-  evaluate test and write <workdir>/<stage>/report_test.json (which marks the stage done).
-  Returns the test evaluation.
-  """
-  paths = stage_paths(workdir, stage)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  tc = config.train
-  train_split = splits['train']
-  model = HAN.from_config(config.model)
-  mesh = make_mesh()
-  schedule, tx, train_steps = make_training(
-      model, ml_collections.FrozenConfigDict(tc), ml_collections.FrozenConfigDict(config.loss),
-      len(train_split), mesh)
-  init_rng, train_rng = jax.random.split(stage_rng(config.seed, stage))
-  replicated = NamedSharding(mesh, P())
-  state = jax.device_put(create_train_state(model, tx, init_rng), replicated)
-
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-  ckpt = ocp.CheckpointManager(paths['checkpoints'], options=options)
-  best = ocp.CheckpointManager(paths['best'], options=options)
-  meta = {'epoch': 0, 'best_val': -1.0, 'best_epoch': 0}
-  if ckpt.latest_step() is not None:
-    restored = ckpt.restore(ckpt.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state)), meta=ocp.args.JsonRestore()))
-    state, meta = jax.device_put(restored.state, replicated), restored.meta
-    print(f'[{stage}] resuming after epoch {meta["epoch"]} from {paths["checkpoints"]}', flush=True)
-  _truncate_metrics(metrics_path, stage, meta['epoch'])
-
-  data = device_arrays(train_split, targets, mesh)
-  for epoch in range(meta['epoch'] + 1, tc.epochs + 1):
-    start = time.perf_counter()
-    state, terms = train_epoch(
-        state, train_steps, data, jax.random.fold_in(train_rng, epoch), batch_size=tc.batch_size,
-        steps_per_call=tc.steps_per_call, lr_fn=schedule, desc=f'{stage} {epoch}/{tc.epochs}')
-    _check_finite(terms, stage, epoch, f'{paths["checkpoints"]} (epoch {meta["epoch"]})'
-                  if meta['epoch'] else 'none (the stage had not saved any epoch)')
-    val = evaluate_split(model, state.params, splits['val'], tc.eval_batch_size)['results']
-    record = {'stage': stage, 'epoch': epoch, 'step': int(state.step),
-              'lr': float(schedule(int(state.step) - 1)), 'train': _mean_terms(terms),
-              'val': val, 'seconds': time.perf_counter() - start}
-    print(f'[{stage}] epoch {epoch}/{tc.epochs}  loss {record["train"]["total"]:.4f}  '
-          f'val Type@AV {val["segment/type"]:.1f} / {val["event/type"]:.1f} (segment / event)  '
-          f'{record["seconds"]:.1f}s', flush=True)
-    _append_metrics(metrics_path, record)
-    if val['segment/type'] > meta['best_val']:
-      meta.update(best_val=val['segment/type'], best_epoch=epoch)
-      best.save(epoch, args=ocp.args.Composite(params=ocp.args.StandardSave(state.params)))
-    meta['epoch'] = epoch
-    ckpt.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)))
-  ckpt.wait_until_finished()
-  best.wait_until_finished()
-  ckpt.close()
-  best.close()
-
-  test = evaluate_split(model, state.params, splits['test'], tc.eval_batch_size)
-  print(metrics.format_table(test['results'], title=f'{config.name} [{stage}] test, epoch {tc.epochs}'))
-  metrics.write_report(paths['report'], test['results'], split='test', num_clips=len(splits['test']),
-                       step=int(state.step), config_name=config.name,
-                       per_class_audio=test['per_class_audio'],
-                       per_class_visual=test['per_class_visual'])
-  return test

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 
 # The configs live beside the library, not in it: make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from avvp_jax import metrics, pipeline, refine, train  # pylint: disable=g-import-not-at-top
+from avvp_jax import metrics, pipeline, workdir as wd  # pylint: disable=g-import-not-at-top
 from benchmarks import markdown  # pylint: disable=g-import-not-at-top
 from configs import ma  # pylint: disable=g-import-not-at-top
 
@@ -76,8 +76,7 @@ def run_pipeline(run: str, seed: int, workdir: str, shared_base: str | None) -> 
 
 def training_minutes(workdir: str) -> float:
   """The epochs this workdir trained itself (a copied stage 1 is not counted), in minutes."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return sum(json.loads(line)['seconds'] for line in f if line.strip()) / 60
+  return sum(r['seconds'] for r in wd.read_metrics(workdir)) / 60
 
 
 def runs_of(tables: list[str]) -> list[str]:
@@ -88,7 +87,7 @@ def runs_of(tables: list[str]) -> list[str]:
 
 
 def _report(workdir: str, stage: str) -> dict:
-  with open(train.stage_paths(workdir, stage)['report']) as f:
+  with open(wd.stage_paths(workdir, stage)['report']) as f:
     return json.load(f)['results']
 
 
@@ -107,7 +106,7 @@ def table_section(title: str, rows, workdirs: list[dict[str, str]]) -> list[str]
               'frozen stage-1 model errs on its training clips):', '',
               *markdown.header(('Run',) + STAT_KEYS)]
     for run in refined:
-      stats = [refine.load_refined(w[run])['stats'] for w in workdirs]
+      stats = [wd.load_refined(w[run])['stats'] for w in workdirs]
       lines.append(markdown.row([run] + [markdown.mean_sd([s[k] for s in stats])
                                          for k in STAT_KEYS]))
   return lines

@@ -15,11 +15,10 @@ import shutil
 import sys
 
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from avvp_jax import pipeline, refine, train  # pylint: disable=g-import-not-at-top
+from avvp_jax import pipeline, workdir as wd  # pylint: disable=g-import-not-at-top
 from benchmarks import markdown  # pylint: disable=g-import-not-at-top
 from configs import ma  # pylint: disable=g-import-not-at-top
 
@@ -66,22 +65,21 @@ def run_cell(size: int, epochs: int, step: int, selection: str, seed: int, root:
 
 
 def _same_config(workdir: str, config) -> bool:
-  if not os.path.exists(train.stage_paths(workdir, 'final')['report']):
+  if not os.path.exists(wd.stage_paths(workdir, 'final')['report']):
     return False
-  with open(os.path.join(workdir, pipeline.CONFIG_FILE)) as f:
+  with open(os.path.join(workdir, wd.CONFIG_FILE)) as f:
     return json.load(f) == json.loads(config.to_json())
 
 
 def cell_numbers(workdir: str) -> dict:
   """Refinement statistics, stage-1 and stage-3 test numbers, and the random-drop precision."""
-  stats = refine.load_refined(workdir)['stats']
+  stats = wd.load_refined(workdir)['stats']
   reports = {}
   for stage in ('base', 'final'):
-    with open(train.stage_paths(workdir, stage)['report']) as f:
+    with open(wd.stage_paths(workdir, stage)['report']) as f:
       reports[stage] = json.load(f)['results']
   out = {k: stats[k] for k in STATS}
-  with ocp.CheckpointManager(train.stage_paths(workdir, 'base')['best']) as best:
-    out['base best_val epoch'] = best.latest_step()
+  out['base best_val epoch'] = wd.checkpoint_epoch(workdir, 'base', 'best_val')
   out['visual/random_precision'] = 100 * stats['visual/absent'] / stats['labels']
   for key in ('segment/visual', 'segment/type'):
     out[f'base {key}'] = reports['base'][key]
@@ -164,7 +162,7 @@ def main(argv):
             workdir = run_cell(size, epochs, step, selection, seed, args.workdir, args.reuse)
           else:
             workdir = cell_dir(args.workdir, size, epochs, step, selection, seed)
-            if not os.path.exists(train.stage_paths(workdir, 'final')['report']):
+            if not os.path.exists(wd.stage_paths(workdir, 'final')['report']):
               missing.append(f'{size} clips, {label}, {selection}, seed {seed}')
               continue
           cells.setdefault((size, label, selection), []).append(cell_numbers(workdir))

@@ -1,22 +1,26 @@
 """Evaluates the checkpoints of an existing workdir, without training.
 
-  python launch/evaluate.py --workdir=workdirs/ma_cr [--split=test]
+  python launch/evaluate.py --workdir=workdirs/ma_cr [--split=test] [--model=best_val]
 
-For each finished training stage (base, final) it restores the last saved epoch, prints the
-table of METHOD.md section 5 and per-class F, and writes eval_<split>.json beside the
-checkpoint (not report_test.json, which marks a finished stage for the pipeline).
+For each finished training stage (base, final) it restores the last epoch (`--model=last`)
+or the best validation epoch (`--model=best_val`), prints the table of METHOD.md section 5,
+on the data source of the workdir's config, and per-class F, and writes
+eval_<split>.json (eval_<split>_best_val.json) beside the checkpoints (not
+report_test.json, which marks a finished stage for the pipeline).
 """
 
 import os
 
 from absl import app, flags, logging
 
-from avvp_jax import metrics, pipeline, train
-from avvp_jax.data import load_splits
+from avvp_jax import metrics, stages, train, workdir as wd
+from avvp_jax.data import describe, load_splits
 from avvp_jax.models import HAN
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by launch/main.py.')
 _SPLIT = flags.DEFINE_enum('split', 'test', ['val', 'test'], 'Which split to evaluate.')
+_MODEL = flags.DEFINE_enum('model', 'last', list(wd.MODEL_SELECTIONS),
+                           'Which epoch of each stage: the last, or the best on val Type@AV.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -24,27 +28,31 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  workdir, split_name = os.path.abspath(_WORKDIR.value), _SPLIT.value  # Orbax: absolute paths.
-  config = pipeline.load_config(workdir)
+  workdir = os.path.abspath(_WORKDIR.value)  # Orbax: absolute paths.
+  split_name, which = _SPLIT.value, _MODEL.value
+  config = wd.load_config(workdir)
   split = load_splits(config.data)[split_name]
+  data_name = describe(config.data)
   model = HAN.from_config(config.model)
   found = False
-  for stage in train.STAGE_INDEX:
-    paths = train.stage_paths(workdir, stage)
-    if not os.path.isdir(paths['checkpoints']):
+  for stage in wd.TRAINING_STAGES:
+    if wd.checkpoint_epoch(workdir, stage, which) is None:
       continue
     found = True
-    state = train.restore_state(config, workdir, stage)
-    result = train.evaluate_split(model, state.params, split, config.train.eval_batch_size)
-    print(metrics.format_table(result['results'], title=f'{config.name} [{stage}] {split_name}'))
+    params, epoch = wd.restore_params(workdir, stage, which)
+    result = train.evaluate_split(model, params, split, config.train.eval_batch_size)
+    print(metrics.format_table(result['results'], title=stages.table_title(
+        config, stage, split_name, data_name, f'{which} model (epoch {epoch})')))
     print(metrics.format_per_class(result['per_class_audio'], result['per_class_visual']))
-    metrics.write_report(os.path.join(paths['dir'], f'eval_{split_name}.json'),
-                         result['results'], split=split_name, num_clips=len(split),
-                         step=int(state.step), config_name=config.name,
-                         per_class_audio=result['per_class_audio'],
-                         per_class_visual=result['per_class_visual'])
+    suffix = '' if which == 'last' else f'_{which}'
+    wd.write_report(
+        os.path.join(wd.stage_paths(workdir, stage)['dir'], f'eval_{split_name}{suffix}.json'),
+        result['results'], split=split_name, num_clips=len(split), step=None, epoch=epoch,
+        config_name=config.name, data=data_name, model=which,
+        per_class_audio=result['per_class_audio'], per_class_visual=result['per_class_visual'])
   if not found:
-    raise SystemExit(f'{workdir}: no stage checkpoint found (expected {workdir}/base/checkpoints).')
+    raise SystemExit(f'{workdir}: no {which} checkpoint of any stage (expected one in '
+                     f'{wd.stage_paths(workdir, "base")["checkpoints"]}).')
 
 
 if __name__ == '__main__':

@@ -267,3 +267,61 @@ def test_missing_inputs(tmp_path):
   _write_csvs(tmp_path)
   with pytest.raises(FileNotFoundError, match=r'vggish: feature folder \(config.data.audio_dir\)'):
     load_splits(_config(tmp_path).data)
+
+
+REAL_CSVS = Path(__file__).resolve().parents[2] / 'shared' / 'llp'
+
+
+@pytest.mark.skipif(not REAL_CSVS.is_dir(), reason='the real LLP annotation files are not here')
+def test_real_annotation_rows_in_the_release_layout(tmp_path):
+  """Rows of the real annotation files, verbatim, with generated features in DIR/feats/<name>
+  (the layout of the reference repositories): `config.data.dir` alone loads them."""
+  take = {'train': 6, 'val': 5, 'test': 5}
+  clips = {}
+  for split, file in llp.SPLIT_FILES.items():
+    lines = (REAL_CSVS / file).read_text().splitlines(keepends=True)
+    (tmp_path / file).write_text(''.join(lines[:1 + take[split]]))
+    clips[split] = [line.split('\t') for line in lines[1:1 + take[split]]]
+  dense_clips = {name for split in ('val', 'test') for name, _ in clips[split]}
+  dense = {}
+  for field, file in llp.DENSE_FILES.items():
+    lines = (REAL_CSVS / file).read_text().splitlines(keepends=True)
+    rows = [line for line in lines[1:] if line.split('\t')[0] in dense_clips]
+    (tmp_path / file).write_text(lines[0] + ''.join(rows))
+    dense[field] = [line.rstrip('\n').split('\t') for line in rows]
+  assert dense['gt_a'] and dense['gt_v']
+  all_clips = {name: None for split in clips.values() for name, _ in split}
+  rng = np.random.default_rng(0)
+  for field, folder in FOLDERS.items():
+    (tmp_path / 'feats' / folder).mkdir(parents=True)
+    for name in all_clips:
+      np.save(tmp_path / 'feats' / folder / f'{name[:11]}.npy',
+              rng.normal(size=SHAPES[field]).astype(np.float32))
+
+  splits = load_splits(_config(tmp_path).data)
+  for split, rows in clips.items():
+    s = splits[split]
+    assert s.names.tolist() == [name for name, _ in rows]
+    for i, (name, labels) in enumerate(rows):
+      assert np.flatnonzero(s.labels[i]).tolist() == sorted(
+          CLASS_INDEX[n] for n in labels.strip().split(','))
+      np.testing.assert_array_equal(
+          s.audio[i], np.load(tmp_path / 'feats' / 'vggish' / f'{name[:11]}.npy'))
+  for field in ('gt_a', 'gt_v'):
+    want = {split: np.zeros((len(clips[split]), NUM_CLASSES, NUM_SEGMENTS), bool)
+            for split in ('val', 'test')}
+    for name, onset, offset, label in dense[field]:
+      for split in want:
+        names = [n for n, _ in clips[split]]
+        if name in names:
+          want[split][names.index(name), CLASS_INDEX[label], int(onset):int(offset)] = True
+    for split in want:
+      np.testing.assert_array_equal(getattr(splits[split], field), want[split], err_msg=field)
+
+
+def test_features_in_both_layouts_are_refused(release):
+  config, _ = release
+  (Path(config.data.dir) / 'feats' / 'res152').mkdir(parents=True)
+  with pytest.raises(ValueError, match=r'Both .*llp/res152 and .*llp/feats/res152 exist: set '
+                                       r'config.data.video_dir'):
+    load_splits(config.data)

@@ -1,9 +1,5 @@
 """Tests of the evaluation protocol (METHOD.md, section 5) in avvp_jax.metrics."""
 
-import json
-import math
-import os
-
 import numpy as np
 import pytest
 
@@ -369,34 +365,3 @@ def test_format_per_class_lists_every_class():
   assert len(lines) == C + 1
   assert lines[1].split() == ['Speech', '0.0', '-']
   assert lines[-1].split() == ['Clapping', '24.0', '-']
-
-
-def test_write_report_round_trip(tmp_path):
-  path = tmp_path / 'reports' / 'test.json'
-  f_audio = np.linspace(0, 100, C)
-  f_audio[3] = np.nan
-  results = _example_results()
-  metrics.write_report(str(path), results, split='test', num_clips=1200, step=4000,
-                       config_name='ma:cr', per_class_audio=f_audio)
-  with open(path) as f:
-    report = json.load(f)
-  assert report['split'] == 'test'
-  assert report['num_clips'] == 1200
-  assert report['step'] == 4000
-  assert report['config_name'] == 'ma:cr'
-  assert report['results'] == results
-  assert list(report['per_class_audio']) == list(CLASSES)
-  assert report['per_class_audio']['Dog'] is None
-  assert report['per_class_audio']['Clapping'] == pytest.approx(100.0)
-  assert report['per_class_visual'] is None
-  assert os.listdir(path.parent) == ['test.json']  # No temp file left behind.
-
-
-def test_write_report_keeps_old_file_on_failure(tmp_path):
-  path = tmp_path / 'test.json'
-  path.write_text('old')
-  with pytest.raises(ValueError):
-    metrics.write_report(str(path), {'segment/audio': math.nan}, split='test', num_clips=1,
-                         step=0, config_name='ma:cr')
-  assert path.read_text() == 'old'
-  assert os.listdir(tmp_path) == ['test.json']

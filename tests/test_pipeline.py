@@ -11,7 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from avvp_jax import pipeline, refine, train
+from avvp_jax import pipeline, train, workdir as wd
+from avvp_jax.data import load_splits
+from avvp_jax.models import HAN
 from configs import ma
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,14 +46,16 @@ def test_three_stages_chain_through_the_workdir(tmp_path, capsys):
 
   # base checkpoint -> refined targets -> final checkpoint, each found by the next stage.
   for stage in ('base', 'final'):
-    state = train.restore_state(config, workdir, stage)
-    assert int(state.step) == 3 * 3  # 3 epochs of ceil(48 / 16) steps
-    with open(train.stage_paths(workdir, stage)['report']) as f:
+    with open(wd.stage_paths(workdir, stage)['report']) as f:
       report = json.load(f)
+    assert report['step'] == 3 * 3  # 3 epochs of ceil(48 / 16) steps
     assert report['split'] == 'test' and report['num_clips'] == 16
+    assert report['data'] == 'synthetic (seed 0)' and report['model'] == 'last'
+    params, epoch = wd.restore_params(workdir, stage)
+    assert epoch == 3 and params['fc_prob']['kernel'].shape == (32, 25)
     assert report['config_name'] == 'ma:cr' and len(report['results']) == 10
-  refined = refine.load_refined(workdir)
-  labels = pipeline.load_splits(config.data)['train'].labels > 0
+  refined = wd.load_refined(workdir)
+  labels = load_splits(config.data)['train'].labels > 0
   for key in ('drop_a', 'drop_v'):
     assert refined[key].shape == (48, 25) and refined[key].dtype == bool
     assert not (refined[key] & ~labels).any(), 'dropped labels are a subset of the weak labels'
@@ -66,7 +70,7 @@ def test_three_stages_chain_through_the_workdir(tmp_path, capsys):
   assert {'global', 'audio', 'visual', 'contrastive', 'total'} == set(records[0]['train'])
 
   # Rerunning finds every stage done and changes nothing.
-  report = train.stage_paths(workdir, 'final')['report']
+  report = wd.stage_paths(workdir, 'final')['report']
   mtime = os.path.getmtime(report)
   again = pipeline.run(config, workdir)
   assert again == out
@@ -77,7 +81,7 @@ def test_one_stage_config_skips_refinement(tmp_path):
   out = pipeline.run(_tiny_config(**{'refine.enabled': False, 'train.epochs': 1}),
                      str(tmp_path))
   assert set(out) == {'base'}
-  assert not os.path.exists(refine.refine_dir(str(tmp_path)))
+  assert not os.path.exists(wd.refine_dir(str(tmp_path)))
 
 
 def test_relative_workdir(tmp_path, monkeypatch):
@@ -85,29 +89,6 @@ def test_relative_workdir(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   pipeline.run(_tiny_config(**{'refine.enabled': False, 'train.epochs': 1}), 'workdirs/rel')
   assert (tmp_path / 'workdirs' / 'rel' / 'base' / 'report_test.json').exists()
-
-
-def test_another_config_in_the_same_workdir_is_refused(tmp_path):
-  config = _tiny_config()
-  pipeline.check_or_save_config(config, str(tmp_path))
-  other = _tiny_config(**{'loss.tau': 0.1})
-  with pytest.raises(ValueError, match=r'loss.tau: 0.2 in the workdir, 0.1 now'):
-    pipeline.check_or_save_config(other, str(tmp_path))
-
-
-def test_speed_only_keys_may_differ_on_resume(tmp_path):
-  """Steps per call and batch sizes of evaluation and stage 2 change no result: a workdir
-  saved with others, or before such a key existed, resumes."""
-  path = tmp_path / pipeline.CONFIG_FILE
-  config = _tiny_config()
-  pipeline.check_or_save_config(config, str(tmp_path))
-  saved = json.loads(path.read_text())
-  del saved['train']['steps_per_call']
-  path.write_text(json.dumps(saved))
-  pipeline.check_or_save_config(
-      _tiny_config(**{'train.steps_per_call': 7, 'train.eval_batch_size': 8,
-                      'refine.batch_size': 64}), str(tmp_path))
-  assert json.loads(path.read_text()) == saved  # The run's own record stays.
 
 
 def _main_command(workdir):
@@ -152,13 +133,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   for stage in ('base', 'final'):
     reports = []
     for workdir in (straight, killed):
-      with open(train.stage_paths(workdir, stage)['report']) as f:
+      with open(wd.stage_paths(workdir, stage)['report']) as f:
         reports.append(json.load(f))
     assert reports[0] == reports[1], stage  # exactly equal on CPU
   strip = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]
   assert strip(_records(killed)) == strip(_records(straight))
-  np.testing.assert_array_equal(refine.load_refined(killed)['drop_v'],
-                                refine.load_refined(straight)['drop_v'])
+  np.testing.assert_array_equal(wd.load_refined(killed)['drop_v'],
+                                wd.load_refined(straight)['drop_v'])
 
 
 MULTI_DEVICE_SCRIPT = """
@@ -188,16 +169,35 @@ def test_two_devices_run_the_same_pipeline(tmp_path):
     assert abs(two['final'][key] - value) < 0.5, key
 
 
-def test_evaluate_entry_reproduces_the_stage_report(tmp_path):
+def _evaluate(workdir, *flags):
+  return subprocess.run([sys.executable, str(ROOT / 'launch' / 'evaluate.py'),
+                         f'--workdir={workdir}', '--split=test', *flags], cwd=ROOT, check=True,
+                        capture_output=True, text=True).stdout
+
+
+def test_evaluate_entry_reproduces_the_stage_report_and_scores_the_best_val_model(tmp_path):
   workdir = tmp_path / 'run'
-  pipeline.run(_tiny_config(**{'refine.enabled': False, 'train.epochs': 1}), str(workdir))
+  config = _tiny_config(**{'refine.enabled': False, 'train.epochs': 2})
+  pipeline.run(config, str(workdir))
   report = workdir / 'base' / 'report_test.json'
   want = json.loads(report.read_text())
   report.unlink()  # As if the stage had been interrupted after its last checkpoint.
-  proc = subprocess.run([sys.executable, str(ROOT / 'launch' / 'evaluate.py'),
-                         f'--workdir={workdir}', '--split=test'], cwd=ROOT, check=True,
-                        capture_output=True, text=True)
-  assert 'Segment-level' in proc.stdout and 'Speech' in proc.stdout
+  printed = _evaluate(workdir)
+  assert 'ma:cr [base] test on synthetic (seed 0), last model (epoch 2)' in printed
+  assert 'Segment-level' in printed and 'Speech' in printed
   got = json.loads((workdir / 'base' / 'eval_test.json').read_text())
-  assert got['results'] == want['results'] and got['step'] == want['step']
+  assert got['results'] == want['results'] and got['epoch'] == want['epoch'] == 2
+  assert got['model'] == 'last' and got['data'] == 'synthetic (seed 0)'
   assert not report.exists(), 'evaluation must not mark an unfinished stage as done'
+
+  # The best-val model: the epoch of highest val Type@AV, scored like any other.
+  records = wd.read_metrics(str(workdir))
+  best_epoch = max(records, key=lambda r: r['val']['segment/type'])['epoch']
+  printed = _evaluate(workdir, '--model=best_val')
+  assert f'best_val model (epoch {best_epoch})' in printed
+  got = json.loads((workdir / 'base' / 'eval_test_best_val.json').read_text())
+  params, epoch = wd.restore_params(str(workdir), 'base', 'best_val')
+  split = load_splits(config.data)['test']
+  expected = train.evaluate_split(HAN.from_config(config.model), params, split, 256)['results']
+  assert epoch == best_epoch and got['model'] == 'best_val' and got['epoch'] == best_epoch
+  assert got['results'] == pytest.approx(expected, abs=1e-9)

@@ -14,3 +14,11 @@ def load_splits(data_config) -> dict[str, Split]:
     from avvp_jax.data import llp
     return llp.load(data_config)
   raise ValueError(f'Unknown data source {data_config.source!r}; choose one of {SOURCES}.')
+
+
+def describe(data_config) -> str:
+  """The data source in a few words, for tables and reports: 'synthetic (seed 0)' or
+  'llp (/data/llp)'."""
+  if data_config.source == 'synthetic':
+    return f'synthetic (seed {data_config.synthetic.seed})'
+  return f'{data_config.source} ({data_config.dir})'

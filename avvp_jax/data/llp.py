@@ -2,7 +2,8 @@
 
 `load(config.data)` reads the six annotation CSVs in `config.data.dir` and one `.npy` per clip
 and feature (named by its 11-character video id) from three folders, by default
-<dir>/vggish, <dir>/res152 and <dir>/r2plus1d_18 (or `audio_dir`, `video_dir`, `st_dir`).
+<dir>/vggish, <dir>/res152 and <dir>/r2plus1d_18, or the same under <dir>/feats/ (the layout
+of the reference repositories), or set by `audio_dir`, `video_dir`, `st_dir`.
 The first call validates every file and writes an array_record build (a tfds progress bar);
 later calls only read it back. The 2D features are stored pre-averaged to (10, 2048): fc_v is
 affine, so averaging the 8 frames of a segment first gives the same model (METHOD.md section 2)
@@ -36,6 +37,7 @@ FEATURE_FOLDERS = {
     'video_2d': ('video_dir', 'res152', (NUM_SEGMENTS * FRAMES_PER_SEGMENT, VIDEO_2D_DIM)),
     'video_3d': ('st_dir', 'r2plus1d_18', (NUM_SEGMENTS, VIDEO_3D_DIM)),
 }
+_CONFIG_FIELD = {default: field for field, default, _ in FEATURE_FOLDERS.values()}
 READ_BATCH = 256  # Records per `__getitems__` call when reading a build back.
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -44,7 +46,8 @@ Put the LLP release (https://github.com/YapengTian/AVVP-ECCV20) in one folder, `
   AVVP_eval_audio.csv, AVVP_eval_visual.csv: dense labels (filename, onset, offset, event_labels);
   vggish/<id>.npy (10, 128), res152/<id>.npy (80, 2048), r2plus1d_18/<id>.npy (10, 512): float32
   features, one file per clip, <id> the first 11 characters of its filename.
-The three feature folders may live elsewhere: set config.data.audio_dir, video_dir, st_dir.
+The feature folders may also be in <dir>/feats/ (vggish/, res152/, r2plus1d_18/), or elsewhere:
+set config.data.audio_dir, video_dir, st_dir.
 """
 
 
@@ -60,8 +63,19 @@ def input_folders(data_config) -> dict[str, str]:
   resolve = lambda path: os.path.realpath(os.path.expanduser(path))
   folders = {'csv': resolve(data_config.dir)}
   for field, (config_field, default, _) in FEATURE_FOLDERS.items():
-    folders[field] = resolve(data_config[config_field] or os.path.join(folders['csv'], default))
+    folders[field] = resolve(data_config[config_field] or _default_folder(folders['csv'], default))
   return folders
+
+
+def _default_folder(csv_dir: str, name: str) -> str:
+  """<dir>/<name>, or <dir>/feats/<name> as the reference repositories lay the release out;
+  where neither exists, the first (the missing-file error then names it)."""
+  candidates = [os.path.join(csv_dir, name), os.path.join(csv_dir, 'feats', name)]
+  found = [c for c in candidates if os.path.isdir(c)]
+  if len(found) > 1:
+    raise ValueError(f'Both {found[0]} and {found[1]} exist: set config.data.'
+                     f'{_CONFIG_FIELD[name]} to the one that holds the features.')
+  return found[0] if found else candidates[0]
 
 
 def _csv_paths(csv_dir: str) -> list[str]:

@@ -1,0 +1,362 @@
+"""The workdir of a run: where every stage finds its input and leaves its output.
+
+  <workdir>/
+    config.json             the run's config; another config is refused (`check_or_save_config`)
+    metrics.jsonl           one record per epoch and training stage
+    .lock                   held by the live run (`hold`); a dead run's lock is released by the OS
+    base/checkpoints/       Orbax: train state + meta of the last epoch (resume)
+    base/best/              Orbax: parameters of the best validation epoch
+    base/report_test.json   the test report, which marks the stage finished
+    refine/                 Orbax: drop_a, drop_v, partners and the statistics
+    final/...               as base/
+
+Every file is written whole or not at all (`atomic_write`, Orbax's own commit), so a run
+killed at any moment leaves a workdir that the next run resumes. Nothing here computes.
+"""
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import tempfile
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from avvp_jax.data.classes import CLASSES
+
+CONFIG_FILE = 'config.json'
+METRICS_FILE = 'metrics.jsonl'
+LOCK_FILE = '.lock'
+TRAINING_STAGES = ('base', 'final')
+# How the work is batched, not what is computed: these may differ when a workdir is resumed
+# (and be missing from a workdir saved before they existed).
+SPEED_ONLY = ('train.steps_per_call', 'train.eval_batch_size', 'refine.batch_size')
+MODEL_SELECTIONS = ('last', 'best_val')
+
+
+class WorkdirBusy(RuntimeError):
+  """Another live process holds the workdir."""
+
+
+def atomic_write(path: str, text: str) -> None:
+  """Writes `path` whole or not at all: a temp file beside it, fsync, then a rename."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+@contextlib.contextmanager
+def hold(workdir: str):
+  """Holds the workdir for this process: a second live run on it stops at once.
+
+  An advisory `flock` on <workdir>/.lock, which the OS releases when the holder exits in any
+  way (SIGKILL included), so a dead run's workdir is never refused. Needs a local or POSIX
+  file system.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  with open(path, 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'unknown'
+      raise WorkdirBusy(
+          f'{workdir} is in use by a live run (process {holder}; lock {path}). Wait for it '
+          'to finish, or use another --workdir.') from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'{os.getpid()}\n')
+    f.flush()
+    try:
+      yield
+    finally:
+      f.truncate(0)
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# The config.
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  flat = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      flat.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      flat[f'{prefix}{k}'] = v
+  return flat
+
+
+def check_or_save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Saves the config in a new workdir; refuses a workdir that holds another config's run
+  (one that differs in more than the SPEED_ONLY keys)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    atomic_write(path, config.to_json(indent=2))
+    return
+  with open(path) as f:
+    old, new = _flatten(json.load(f)), _flatten(json.loads(config.to_json()))
+  diff = sorted(k for k in old.keys() | new.keys()
+                if old.get(k) != new.get(k) and k not in SPEED_ONLY)
+  if diff:
+    lines = '\n'.join(f'  {k}: {old.get(k)!r} in the workdir, {new.get(k)!r} now' for k in diff)
+    raise ValueError(
+        f'{workdir} holds a run of a different config ({path}):\n{lines}\n'
+        'Use another --workdir, or the same config to resume.')
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: {workdir} is not a workdir of launch/main.py.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+# Paths.
+
+
+def stage_paths(workdir: str, stage: str) -> dict[str, str]:
+  """The folders and the report of a training stage ('base' or 'final')."""
+  if stage not in TRAINING_STAGES:
+    raise ValueError(f'No training stage {stage!r}; choose one of {TRAINING_STAGES}.')
+  d = os.path.join(workdir, stage)
+  return {'dir': d, 'checkpoints': os.path.join(d, 'checkpoints'), 'best': os.path.join(d, 'best'),
+          'report': os.path.join(d, 'report_test.json')}
+
+
+def refine_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'refine')
+
+
+# The metrics log.
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of <workdir>/metrics.jsonl, oldest first ([] if none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+  with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
+    f.write(json.dumps(record) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def truncate_metrics(workdir: str, stage: str, last_epoch: int) -> None:
+  """Drops the records of `stage` after `last_epoch`: written before a kill, redone now.
+
+  A line cut short by the kill is dropped too.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.read().splitlines()
+  keep = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if not (record['stage'] == stage and record['epoch'] > last_epoch):
+      keep.append(line)
+  if keep != lines:
+    atomic_write(path, ''.join(line + '\n' for line in keep))
+
+
+# Reports.
+
+
+def _per_class_dict(values):
+  """(C,) values or None -> {class_name: float or None (for NaN)} or None."""
+  if values is None:
+    return None
+  if len(values) != len(CLASSES):
+    raise ValueError(f'Expected {len(CLASSES)} classes, got {len(values)}.')
+  return {name: None if math.isnan(float(v)) else float(v) for name, v in zip(CLASSES, values)}
+
+
+def write_report(path: str, results: dict, *, split: str, num_clips: int, step, config_name: str,
+                 data: str, model: str = 'last', epoch=None, per_class_audio=None,
+                 per_class_visual=None) -> None:
+  """Writes an evaluation report as JSON, atomically.
+
+  `data` names the data source; `model` and `epoch` say which checkpoint was evaluated
+  ('last' or 'best_val'); `step` is its train step where known. Per-class fields are
+  {class_name: F or null}, or null when not given.
+  """
+  report = {
+      'split': split,
+      'data': data,
+      'model': model,
+      'epoch': None if epoch is None else int(epoch),
+      'num_clips': int(num_clips),
+      'step': None if step is None else int(step),
+      'config_name': config_name,
+      'results': {key: float(value) for key, value in results.items()},
+      'per_class_audio': _per_class_dict(per_class_audio),
+      'per_class_visual': _per_class_dict(per_class_visual),
+  }
+  atomic_write(path, json.dumps(report, indent=2, allow_nan=False) + '\n')
+
+
+def read_report(path: str):
+  """A report written by `write_report`, or None if there is none."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+# Checkpoints.
+
+
+def _options(**kwargs) -> ocp.CheckpointManagerOptions:
+  # A save cut short by a kill leaves a temp folder, which is not a checkpoint: remove it.
+  return ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True, **kwargs)
+
+
+def _replicated_like_saved(mngr: ocp.CheckpointManager, step: int, item: str):
+  """The saved tree's shapes and dtypes, replicated over this process's devices: restores a
+  checkpoint written on any number of devices."""
+  tree = mngr.item_metadata(step)[item]
+  sharding = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), P())
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                      getattr(tree, 'tree', tree))
+
+
+def _restore_latest(directory: str, item: str):
+  """(item `item` of the latest checkpoint in `directory`, its step), as saved (plain nested
+  dicts), replicated over this process's devices."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'No checkpoint in {directory}.')
+  handlers = {item: ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, item_handlers=handlers) as mngr:
+    step = mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint in {directory}.')
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        **{item: ocp.args.StandardRestore(_replicated_like_saved(mngr, step, item))}))
+    return restored[item], step
+
+
+def restore_params(workdir: str, stage: str, which: str = 'last'):
+  """(params, epoch) of a training stage: its last epoch or its best validation epoch."""
+  if which not in MODEL_SELECTIONS:
+    raise ValueError(f'The model must be one of {MODEL_SELECTIONS}, not {which!r}.')
+  paths = stage_paths(workdir, stage)
+  if which == 'best_val':
+    return _restore_latest(paths['best'], 'params')
+  state, epoch = _restore_latest(paths['checkpoints'], 'state')
+  return state['params'], epoch
+
+
+def checkpoint_epoch(workdir: str, stage: str, which: str = 'last'):
+  """The epoch of a stage's last or best-val checkpoint, or None if it has none."""
+  paths = stage_paths(workdir, stage)
+  directory = paths['best'] if which == 'best_val' else paths['checkpoints']
+  if not os.path.isdir(directory):
+    return None
+  with ocp.CheckpointManager(directory) as mngr:
+    return mngr.latest_step()
+
+
+class StageCheckpoints:
+  """The two Orbax managers of a training stage, closed on every exit (a NaN included).
+
+  `checkpoints/` keeps the train state and meta of the last epoch (the resume point);
+  `best/` the parameters of the best validation epoch. Use as a context manager.
+  """
+
+  def __init__(self, workdir: str, stage: str):
+    paths = stage_paths(workdir, stage)
+    self.directory = paths['checkpoints']
+    self._last = ocp.CheckpointManager(paths['checkpoints'], options=_options(max_to_keep=1))
+    # Two: a kill between `save_best` and `save` leaves a best newer than the last epoch,
+    # which `restore` deletes; the best before it must still be there.
+    self._best = ocp.CheckpointManager(paths['best'], options=_options(max_to_keep=2))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def close(self) -> None:
+    for mngr in (self._last, self._best):
+      mngr.wait_until_finished()
+      mngr.close()
+
+  def restore(self, like):
+    """(state, meta) of the last saved epoch, placed as `like` (a fresh state), or None in a
+    new stage.
+
+    A best-val checkpoint newer than that epoch (saved just before a kill) is deleted: the
+    epoch is redone and decides again.
+    """
+    step = self._last.latest_step()
+    if step is None:
+      self._drop_best_after(0)
+      return None
+    restored = self._last.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(
+            jax.tree.map(ocp.utils.to_shape_dtype_struct, like)), meta=ocp.args.JsonRestore()))
+    self._drop_best_after(restored.meta['epoch'])
+    return restored.state, restored.meta
+
+  def _drop_best_after(self, epoch: int) -> None:
+    for step in self._best.all_steps():
+      if step > epoch:
+        self._best.delete(step)
+
+  def save_best(self, epoch: int, params) -> None:
+    self._best.save(epoch, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+
+  def save(self, epoch: int, state, meta: dict) -> None:
+    """Saves asynchronously; `meta` is copied, so the caller may change it at once."""
+    self._last.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(dict(meta))))
+
+
+# The refined targets.
+
+
+def save_refined(workdir: str, targets: dict[str, np.ndarray], stats: dict) -> None:
+  """Saves stage 2's output: {drop_a, drop_v (N, 25) bool, partners (N, K) int}, stats."""
+  with ocp.CheckpointManager(refine_dir(workdir), options=_options()) as mngr:
+    mngr.save(0, args=ocp.args.Composite(targets=ocp.args.StandardSave(targets),
+                                         stats=ocp.args.JsonSave(stats)))
+    mngr.wait_until_finished()
+
+
+def load_refined(workdir: str):
+  """{'drop_a', 'drop_v', 'partners', 'stats'} saved by `save_refined`, or None if not there."""
+  if not os.path.isdir(refine_dir(workdir)):
+    return None
+  with ocp.CheckpointManager(refine_dir(workdir)) as mngr:
+    if mngr.latest_step() is None:
+      return None
+    restored = mngr.restore(0, args=ocp.args.Composite(
+        targets=ocp.args.StandardRestore(), stats=ocp.args.JsonRestore()))
+  return {**{k: np.asarray(v) for k, v in restored.targets.items()}, 'stats': restored.stats}

@@ -1,0 +1,180 @@
+"""The workdir layer: config guard, run lock, metrics log, reports, atomic writes, restores."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avvp_jax import workdir as wd
+from avvp_jax.data.classes import CLASSES
+from configs import ma
+
+C = len(CLASSES)
+
+
+def _config(**overrides):
+  config = ma.get_config('cr')
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def test_another_config_in_the_same_workdir_is_refused(tmp_path):
+  wd.check_or_save_config(_config(), str(tmp_path))
+  with pytest.raises(ValueError, match=r'loss.tau: 0.2 in the workdir, 0.1 now'):
+    wd.check_or_save_config(_config(**{'loss.tau': 0.1}), str(tmp_path))
+
+
+def test_speed_only_keys_may_differ_on_resume(tmp_path):
+  """Steps per call and batch sizes of evaluation and stage 2 change no result: a workdir
+  saved with others, or before such a key existed, resumes."""
+  path = tmp_path / wd.CONFIG_FILE
+  wd.check_or_save_config(_config(), str(tmp_path))
+  saved = json.loads(path.read_text())
+  del saved['train']['steps_per_call']
+  path.write_text(json.dumps(saved))
+  wd.check_or_save_config(
+      _config(**{'train.steps_per_call': 7, 'train.eval_batch_size': 8,
+                 'refine.batch_size': 64}), str(tmp_path))
+  assert json.loads(path.read_text()) == saved  # The run's own record stays.
+
+
+def test_load_config_of_a_folder_that_is_no_workdir(tmp_path):
+  with pytest.raises(FileNotFoundError, match='is not a workdir of launch/main.py'):
+    wd.load_config(str(tmp_path))
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+  path = tmp_path / 'f.txt'
+  path.write_text('old')
+
+  def fail(*args):
+    raise OSError('disk full')
+
+  monkeypatch.setattr(os, 'fsync', fail)
+  with pytest.raises(OSError, match='disk full'):
+    wd.atomic_write(str(path), 'new')
+  assert path.read_text() == 'old' and os.listdir(tmp_path) == ['f.txt']
+
+
+def test_write_report_round_trip(tmp_path):
+  path = tmp_path / 'reports' / 'test.json'
+  f_audio = np.linspace(0, 100, C)
+  f_audio[3] = np.nan
+  results = {'segment/audio': 71.25, 'event/type': 60.5}
+  wd.write_report(str(path), results, split='test', num_clips=1200, step=4000,
+                  config_name='ma:cr', data='llp (/data/llp)', model='best_val', epoch=7,
+                  per_class_audio=f_audio)
+  report = json.loads(path.read_text())
+  assert report['split'] == 'test' and report['num_clips'] == 1200 and report['step'] == 4000
+  assert report['config_name'] == 'ma:cr' and report['data'] == 'llp (/data/llp)'
+  assert report['model'] == 'best_val' and report['epoch'] == 7
+  assert report['results'] == results
+  assert list(report['per_class_audio']) == list(CLASSES)
+  assert report['per_class_audio']['Dog'] is None
+  assert report['per_class_audio']['Clapping'] == pytest.approx(100.0)
+  assert report['per_class_visual'] is None
+  assert os.listdir(path.parent) == ['test.json']  # No temp file left behind.
+  assert wd.read_report(str(path)) == report and wd.read_report(str(tmp_path / 'no')) is None
+
+
+def test_write_report_keeps_old_file_on_failure(tmp_path):
+  path = tmp_path / 'test.json'
+  path.write_text('old')
+  with pytest.raises(ValueError):
+    wd.write_report(str(path), {'segment/audio': math.nan}, split='test', num_clips=1,
+                    step=0, config_name='ma:cr', data='synthetic (seed 0)')
+  assert path.read_text() == 'old' and os.listdir(tmp_path) == ['test.json']
+
+
+def test_truncate_metrics_drops_later_epochs_and_a_cut_line(tmp_path):
+  records = [{'stage': s, 'epoch': e} for s, e in (('base', 1), ('base', 2), ('base', 3),
+                                                   ('final', 1))]
+  for r in records:
+    wd.append_metrics(str(tmp_path), r)
+  with open(tmp_path / wd.METRICS_FILE, 'a') as f:
+    f.write('{"stage": "final", "ep')  # A kill in the middle of a write.
+  wd.truncate_metrics(str(tmp_path), 'final', 0)
+  assert wd.read_metrics(str(tmp_path)) == records[:3]
+  wd.truncate_metrics(str(tmp_path), 'base', 1)
+  assert wd.read_metrics(str(tmp_path)) == records[:1]
+
+
+HOLD_SCRIPT = """
+import sys, time
+from avvp_jax import workdir
+with workdir.hold(sys.argv[1]):
+  print('holding', flush=True)
+  time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(workdir, seconds):
+  proc = subprocess.Popen([sys.executable, '-c', HOLD_SCRIPT, workdir, str(seconds)],
+                          stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == 'holding'
+  return proc
+
+
+def test_a_live_run_holds_the_workdir_and_a_dead_one_does_not(tmp_path):
+  workdir = str(tmp_path)
+  proc = _holder(workdir, 60)
+  try:
+    with pytest.raises(wd.WorkdirBusy, match=rf'in use by a live run \(process {proc.pid};'):
+      with wd.hold(workdir):
+        pass
+  finally:
+    proc.kill()  # SIGKILL: the holder cannot clean up; the OS releases its lock.
+    proc.wait()
+  with wd.hold(workdir):
+    assert (tmp_path / wd.LOCK_FILE).read_text() == f'{os.getpid()}\n'
+  with wd.hold(workdir):  # Released on exit, also within one process.
+    pass
+
+
+def test_hold_waits_for_nobody(tmp_path):
+  proc = _holder(str(tmp_path), 60)
+  start = time.perf_counter()
+  try:
+    with pytest.raises(wd.WorkdirBusy):
+      with wd.hold(str(tmp_path)):
+        pass
+  finally:
+    proc.kill()
+    proc.wait()
+  assert time.perf_counter() - start < 5
+
+
+def test_stage_checkpoints_restore_and_drop_a_best_newer_than_the_last_epoch(tmp_path):
+  workdir = str(tmp_path)
+  state = {'params': {'w': jnp.arange(3.0)}, 'step': jnp.int32(5)}
+  with wd.StageCheckpoints(workdir, 'base') as ckpt:
+    assert ckpt.restore(state) is None
+    meta = {'epoch': 1, 'best_val': 50.0, 'best_epoch': 1}
+    ckpt.save_best(1, state['params'])
+    ckpt.save(1, state, meta)
+    meta['epoch'] = 99  # The saved meta is a copy.
+    ckpt.save_best(2, {'w': jnp.arange(3.0) + 1})  # A kill before epoch 2's checkpoint.
+  assert wd.checkpoint_epoch(workdir, 'base', 'best_val') == 2
+  with wd.StageCheckpoints(workdir, 'base') as ckpt:
+    restored, meta = ckpt.restore(state)
+  assert meta == {'epoch': 1, 'best_val': 50.0, 'best_epoch': 1}
+  np.testing.assert_array_equal(restored['params']['w'], [0, 1, 2])
+  assert wd.checkpoint_epoch(workdir, 'base', 'best_val') == 1
+  params, epoch = wd.restore_params(workdir, 'base', 'best_val')
+  assert epoch == 1
+  np.testing.assert_array_equal(params['w'], [0, 1, 2])
+
+
+def test_restore_params_names_what_is_missing(tmp_path):
+  with pytest.raises(FileNotFoundError, match='No checkpoint in .*base/best'):
+    wd.restore_params(str(tmp_path), 'base', 'best_val')
+  with pytest.raises(ValueError, match="not 'best'"):
+    wd.restore_params(str(tmp_path), 'base', 'best')
+  with pytest.raises(ValueError, match="No training stage 'refine'"):
+    wd.stage_paths(str(tmp_path), 'refine')
