@@ -1,7 +1,7 @@
 """Analytic floating-point operation count of HAN's training pass, per clip.
 
 Only matrix products are counted: they are what the machine's matmul rate
-(measured by benchmarks/run.py) bounds. A product of an (m, k) and a (k, n)
+(measured by benchmarks/timing.py) bounds. A product of an (m, k) and a (k, n)
 matrix costs 2mkn FLOPs (a multiply and an add per term).
 
 Forward. A dense layer on m rows, k -> n features, costs 2mkn. One clip has
@@ -46,9 +46,10 @@ Not counted: layer norms, softmaxes, sigmoids, dropout masks and the Adam
 update (about 12 FLOPs per parameter per step: 55 MFLOP per step of 4.57 M
 parameters, 3.4 MFLOP per clip at batch 16, under 1 % of the total).
 
-`products(clips)` lists every product with its shape; benchmarks/run.py times exactly
-those products alone, on random operands, as the time of a train step whose every other
-operation were free. Run `python benchmarks/flops.py` to print the table for other sizes.
+`products(clips)` lists every product with its shape; benchmarks/timing.py
+(products_probe) times exactly those products alone, on random operands, as the time
+of a train step whose every other operation were free. Run `python
+benchmarks/flops.py` to print the table for other sizes.
 """
 
 import argparse

@@ -1,7 +1,9 @@
 """The benchmark suite: its PyTorch yardstick computes HAN's function, and the suite runs."""
 
 import json
+import math
 import os
+import pathlib
 import re
 
 # As benchmarks/run.py does, before torch loads OpenMP: spinning barriers on a shared CPU
@@ -18,7 +20,8 @@ from jax.extend import core as jax_core
 
 from avvp_jax import losses, train
 from avvp_jax.models import HAN, HybridAttentionLayer
-from benchmarks import ablation, flops, markdown, profiling, regime, run, torch_han
+from benchmarks import (ablation, flops, markdown, profiling, regime, report, run, sections,
+                        torch_han)
 from configs import ma
 
 B, T = 3, 10
@@ -58,7 +61,7 @@ def test_torch_han_computes_the_flax_function():
   sizes = _reference_sizes()
   model = HAN(**sizes)
   batch = _batch(sizes)
-  params = run._init_params(model)  # pylint: disable=protected-access  # Shared with the run.
+  params = sections._init_params(model)  # pylint: disable=protected-access  # As the run's.
   (loss, out), grads = jax.jit(jax.value_and_grad(
       lambda p: _jax_loss(model, p, batch), has_aux=True))(params)
 
@@ -161,8 +164,8 @@ def test_flop_count_is_the_train_steps_matrix_products():
 
 
 def test_refine_flop_ratio_shares_the_own_embedding():
-  assert run.refine_flop_ratio(1) == 1.0
-  assert 13.5 < run.refine_flop_ratio(16) < 16
+  assert sections.refine_flop_ratio(1) == 1.0
+  assert 13.5 < sections.refine_flop_ratio(16) < 16
 
 
 def test_profile_breakdown_of_a_small_step():
@@ -190,49 +193,86 @@ def test_hlo_categories_look_inside_conditionals():
   assert conditionals and all(categories[n] == 'matrix products' for n in conditionals)
 
 
+STEP_FIGURES = {'jax_matmul_fraction': 0.31, 'torch_matmul_fraction': 0.28, 'flop_ratio': 1.72,
+                'products_only_speedup': 3.4}
+
+
 def _report(backend, speedup):
-  products = run.row('train', run.PRODUCTS_ROW, jax_s=0.06, torch_s=0.1 * speedup,
-                     speedup=speedup / 0.6, peak_fraction=0.9)
-  target = run.target('step_vs_torch', speedup, speedup >= 2, f'{speedup:.2f}x',
-                      run.step_reason(0.65, 0.6, 1.72, {'matrix products': 0.7,
-                                                        'random bits': 0.3}, products))
+  target = report.target('step_vs_torch', speedup, speedup >= 2, f'{speedup:.2f}x',
+                         STEP_FIGURES)
   return {'date': '2026-01-01', 'profile': 'cpu', 'seconds': 1.0,
           'machine': {'backend': backend, 'device': backend, 'devices': 1, 'cpu': 'x',
                       'cores': 2, 'jax': '0', 'torch': '0', 'torch_device': 'cpu',
                       'load_average': [0.0]},
           'flops': {'per_clip_gflop': 0.408, 'per_clip_frames_gflop': 0.702},
-          'rows': [run.row('train', 'train step', jax_s=0.1, torch_s=0.1 * speedup,
-                           speedup=speedup, clips=16)],
+          'rows': [report.row('train', 'train step', jax_s=0.1, torch_s=0.1 * speedup,
+                              speedup=speedup, clips=16, note='a note'),
+                   report.row('eval', 'metrics', jax_s=2.5)],
           'targets': [target]}
 
 
-def test_missed_target_shows_its_measured_reason():
-  table = run.format_report(_report('cpu', 1.5))
-  assert 'MISSED: both sides are compute-bound' in table
-  assert 'random bits 30%' in table and 'models.han.Dropout' in table
-  assert 'alone run at 90% of the matmul rate' in table
-  assert 'no other work would be only 2.50x' in table
-  assert '| met |' in run.format_report(_report('cpu', 2.5))
-  assert 'not judged on gpu' in run.format_report(_report('gpu', 1.5))
+def _status(table, target_name):
+  """The status cell of a target's line in a rendered table."""
+  line, = (line for line in table.splitlines() if line.startswith(f'| {target_name} |'))
+  return line.split(' | ')[-1].rstrip(' |')
+
+
+def test_missed_target_shows_its_numbers():
+  name = report.TARGETS['step_vs_torch'][0]
+  status = _status(report.format_report(_report('cpu', 1.5)), name)
+  assert status.startswith('MISSED')
+  for key, value in STEP_FIGURES.items():
+    assert f'{key} = {value}' in status
+  assert _status(report.format_report(_report('cpu', 2.5)), name) == 'met'
+  assert _status(report.format_report(_report('gpu', 1.5)), name) == 'not judged on gpu'
+
+
+def test_format_report_renders_a_line_per_row():
+  lines = report.format_report(_report('cpu', 1.5)).splitlines()
+  step, = (line for line in lines if line.startswith('| train step |'))
+  cells = [c.strip() for c in step.strip('|').split('|')]
+  assert cells == ['train step', '100.00 ms', '150.00 ms', '1.50x', '160', '', '', 'a note']
+  assert any(line.startswith('| metrics | 2.50 s |') for line in lines)
+
+
+def test_epoch_figures_split_the_epoch_ratio():
+  n = sections.EPOCH_STEPS
+  step = report.row('train', 'step', jax_s=0.05, torch_s=0.12)
+  products = report.row('train', 'products', jax_s=0.04)
+  epoch = report.row('train', 'epoch', jax_s=0.06 * n, torch_s=0.132 * n)
+  figures = sections.epoch_figures(step, products, epoch)
+  assert figures == pytest.approx({'train_step_speedup': 2.4, 'jax_epoch_step_over_step': 1.2,
+                                   'torch_epoch_step_over_step': 1.1,
+                                   'products_only_speedup': 3.3})
+  parts = (figures['train_step_speedup'] * figures['torch_epoch_step_over_step']
+           / figures['jax_epoch_step_over_step'])
+  assert parts == pytest.approx(epoch['torch_s'] / epoch['jax_s'])
 
 
 def test_results_file_keeps_the_rest_and_other_backends(tmp_path):
   path = tmp_path / 'RESULTS.md'
-  path.write_text(f'# Results\n\n## Ablations\n\n| a | b |\n\n{run.MARKERS[0]}\nold text\n'
-                  f'{run.MARKERS[1]}\n\nafter\n')
-  run.write_results(str(path), _report('gpu', 3.0))
-  run.write_results(str(path), _report('cpu', 1.0))
-  run.write_results(str(path), _report('cpu', 2.5))
+  path.write_text(f'# Results\n\n## Ablations\n\n| a | b |\n\n{report.MARKERS[0]}\nold text\n'
+                  f'{report.MARKERS[1]}\n\nafter\n')
+  report.write_results(str(path), _report('gpu', 3.0))
+  report.write_results(str(path), _report('cpu', 1.0))
+  report.write_results(str(path), _report('cpu', 2.5))
   text = path.read_text()
   assert text.startswith('# Results\n\n## Ablations\n\n| a | b |\n\n')
-  assert text.endswith(f'{run.MARKERS[1]}\n\nafter\n')
+  assert text.endswith(f'{report.MARKERS[1]}\n\nafter\n')
   assert 'old text' not in text
   assert text.count('### Performance on cpu') == 1 and '### Performance on gpu' in text
   assert '2.50x' in text and '1.00x' not in text
 
   fresh = tmp_path / 'new.md'
-  run.write_results(str(fresh), _report('cpu', 2.5))
-  assert fresh.read_text().startswith(f'# Results\n\n## Performance\n\n{run.MARKERS[0]}\n')
+  report.write_results(str(fresh), _report('cpu', 2.5))
+  assert fresh.read_text().startswith(f'# Results\n\n## Performance\n\n{report.MARKERS[0]}\n')
+
+
+def test_benchmarks_import_nothing_from_tests():
+  """The suite runs without the tests' code (and pytest) on the path."""
+  here = pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'
+  for path in here.glob('*.py'):
+    assert not re.search(r'^\s*(from|import) tests\b', path.read_text(), re.M), path.name
 
 
 def test_mean_sd_leaves_undefined_values_out():
@@ -284,14 +324,15 @@ def test_regime_figure_is_a_png_of_the_expected_size(tmp_path):
 
 def test_quick_suite_runs_every_section(tmp_path):
   json_path, results_path = tmp_path / 'results.json', tmp_path / 'RESULTS.md'
-  report = run.main(['--quick', '--json', str(json_path), '--results', str(results_path)])
-  assert {r['section'] for r in report['rows']} == set(run.SECTIONS)
-  assert [t['key'] for t in report['targets']] == [
+  out = run.main(['--quick', '--json', str(json_path), '--results', str(results_path)])
+  assert {r['section'] for r in out['rows']} == set(run.SECTIONS)
+  assert [t['key'] for t in out['targets']] == [
       'step_vs_torch', 'step_vs_peak', 'epoch_vs_torch', 'refine_k16', 'metrics_time',
       'eval_overhead']
-  for r in report['rows']:
+  for r in out['rows']:
     assert r['jax_s'] is None or r['jax_s'] > 0, r['benchmark']
-  assert 'same ten numbers: yes' in report['rows'][-1]['note']
-  assert json.loads(json_path.read_text())['profile'] == 'quick'
+  for t in out['targets']:
+    assert t['figures'] and all(math.isfinite(v) and v > 0 for v in t['figures'].values()), t
+  assert json.loads(json_path.read_text()) == json.loads(json.dumps(out))
   text = results_path.read_text()
-  assert run.MARKERS[0] in text and 'train step, batch 16' in text
+  assert report.MARKERS[0] in text and 'train step, batch 16' in text
