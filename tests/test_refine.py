@@ -159,3 +159,44 @@ def test_swapped_probs_equal_explicit_calls_on_re_paired_inputs():
     want['v_changed_visual'] += np.asarray(cv['v_prob']) / 3
   for k in got:
     np.testing.assert_allclose(got[k], want[k], atol=2e-6, err_msg=k)
+
+
+def _rule_by_loop(orig, swapped, labels, threshold=0.5):
+  """METHOD.md section 4, clip by clip and class by class, with E_a and E_v computed apart."""
+  n, c = labels.shape
+  err = {m: np.array([np.mean([(orig[f'{m}_prob'][i, k] >= 0.5) != (labels[i, k] > 0)
+                               for i in range(n)]) for k in range(c)]) for m in 'av'}
+  e = {m: err[m] / err[m].max() for m in 'av'}
+  drop_a, drop_v = np.zeros((n, c), bool), np.zeros((n, c), bool)
+  for i in range(n):
+    for k in range(c):
+      if labels[i, k] > 0 and e['v'][k] > 0:
+        drop_v[i, k] = (swapped['v_changed_audio'][i, k] / e['v'][k] < threshold
+                        and swapped['a_changed_audio'][i, k] / e['v'][k] < threshold)
+      if labels[i, k] > 0 and e['a'][k] > 0:
+        drop_a[i, k] = (swapped['a_changed_visual'][i, k] / e['a'][k] < threshold
+                        and swapped['v_changed_visual'][i, k] / e['a'][k] < threshold)
+  return drop_a, drop_v, e
+
+
+def test_refinement_rule_with_graded_and_unequal_errors_matches_a_plain_loop():
+  """Random predictions: E_a and E_v take many values in (0, 1] and differ per class, so a
+  rule that swapped them, or normalised by the sum instead of the max, would disagree."""
+  rng = np.random.default_rng(3)
+  n = 200
+  labels = (rng.random((n, 25)) < 0.15).astype(np.float32)
+  # Audio errs rarely, visual often, both at class-dependent rates.
+  orig = {'a_prob': np.where(rng.random((n, 25)) < rng.uniform(0.01, 0.1, 25), 1 - labels,
+                             labels) * 0.8 + 0.1,
+          'v_prob': np.where(rng.random((n, 25)) < rng.uniform(0.05, 0.5, 25), 1 - labels,
+                             labels) * 0.8 + 0.1}
+  swapped = {k: rng.random((n, 25)) * 0.6 for k in (
+      'a_changed_audio', 'v_changed_audio', 'a_changed_visual', 'v_changed_visual')}
+  want_a, want_v, e = _rule_by_loop(orig, swapped, labels)
+  assert len(np.unique(e['a'])) > 10 and len(np.unique(e['v'])) > 10
+  assert np.abs(e['a'] - e['v']).max() > 0.3
+  assert 20 < want_a.sum() < labels.sum() and 20 < want_v.sum() < labels.sum()
+  assert (want_a != want_v).sum() > 20
+  drop_a, drop_v = refine.refine_labels(orig, swapped, labels)
+  np.testing.assert_array_equal(drop_a, want_a)
+  np.testing.assert_array_equal(drop_v, want_v)
