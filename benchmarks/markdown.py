@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from avvp_jax import workdir
+
 
 def mean_sd(values) -> str:
   """'mean ± sd' over the values that are not None (an undefined precision, say): 'n/a' if
@@ -50,7 +52,4 @@ def replace_section(path: str, body: str, markers: tuple[str, str], heading: str
     tail = rest.split(end, 1)[1]
   else:
     head, tail = text.rstrip('\n') + f'\n\n{heading}\n\n', '\n'
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(f'{head}{start}\n{body}\n{end}{tail}')
-  os.replace(tmp, path)
+  workdir.atomic_write(path, f'{head}{start}\n{body}\n{end}{tail}')

@@ -11,6 +11,7 @@ import platform
 import jax
 import torch
 
+from avvp_jax import workdir
 from benchmarks import markdown
 
 MARKERS = ('<!-- performance:start -->', '<!-- performance:end -->')
@@ -133,9 +134,7 @@ def format_report(report: dict) -> str:
 
 
 def write_json(path: str, report: dict) -> None:
-  with open(path, 'w') as f:
-    json.dump(report, f, indent=2)
-    f.write('\n')
+  workdir.atomic_write(path, json.dumps(report, indent=2) + '\n')
 
 
 def write_results(path: str, report: dict) -> None:

@@ -9,7 +9,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from avvp_jax import pipeline
+from avvp_jax import pipeline, workdir as wd
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file: configs/ma.py[:variant].',
                                           lock_config=True)
@@ -29,7 +29,10 @@ def main(argv):
                       os.path.expanduser('~/.cache/avvp_jax/xla'))
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   print(f'workdir: {os.path.abspath(workdir)}', flush=True)
-  pipeline.run(config, workdir)
+  try:
+    pipeline.run(config, workdir)
+  except wd.WorkdirBusy as e:
+    raise SystemExit(str(e)) from None
 
 
 if __name__ == '__main__':

@@ -119,27 +119,98 @@ def _run_until(workdir, env, stage, epoch, timeout=240):
       proc.kill()
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'xla_cache')}
-  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
-  subprocess.run(_main_command(straight), cwd=ROOT, env=env, check=True,
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _wait_for_lock(workdir, proc):
+  """Waits until `proc` holds the workdir (its pid in the lock file)."""
+  path = os.path.join(workdir, wd.LOCK_FILE)
+  while not (os.path.exists(path) and open(path).read().strip() == str(proc.pid)):
+    assert proc.poll() is None, 'the run ended before it held the workdir'
+    time.sleep(0.05)
 
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  """The main command run once without interruption, and a second one started on its
+  workdir while it runs: (workdir, seconds from taking the workdir to the end, env, the second
+  run's CompletedProcess, whether the first was still running after the second had ended)."""
+  tmp = tmp_path_factory.mktemp('straight')
+  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(tmp / 'xla_cache')}
+  workdir = str(tmp / 'run')
+  live = subprocess.Popen(_main_command(workdir), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    _wait_for_lock(workdir, live)
+    start = time.perf_counter()
+    second = subprocess.run(_main_command(workdir), cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    still_live = live.poll() is None
+    assert live.wait(timeout=300) == 0
+  finally:
+    if live.poll() is None:
+      live.kill()
+  return workdir, time.perf_counter() - start, env, second, still_live
+
+
+def test_a_second_run_on_a_live_workdir_stops_at_once(straight_run):
+  """The live run is unharmed: the kill tests below compare their results with it."""
+  _, _, _, second, still_live = straight_run
+  assert still_live, 'the first run ended before the second reached the lock: inconclusive'
+  assert second.returncode == 1
+  assert 'is in use by a live run (process ' in second.stderr
+  assert 'Traceback' not in second.stderr
+
+
+def _assert_same_run(workdir, straight):
+  """The reports, refined labels and metrics log (but for timings) of two workdirs agree
+  exactly (on CPU)."""
+  for stage in wd.TRAINING_STAGES:
+    reports = [wd.read_report(wd.stage_paths(w, stage)['report']) for w in (workdir, straight)]
+    assert reports[0] == reports[1], stage
+  refined = [wd.load_refined(w) for w in (workdir, straight)]
+  for key in ('drop_a', 'drop_v', 'partners', 'stats'):
+    np.testing.assert_equal(refined[0][key], refined[1][key], err_msg=key)
+  strip = lambda w: [{k: v for k, v in r.items() if k != 'seconds'} for r in _records(w)]
+  assert strip(workdir) == strip(straight)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, straight_run):
+  straight, _, env, _, _ = straight_run
+  killed = str(tmp_path / 'killed')
   _run_until(killed, env, 'base', 2)  # killed inside stage 1
   _run_until(killed, env, 'final', 1)  # resumed, then killed inside stage 3
   subprocess.run(_main_command(killed), cwd=ROOT, env=env, check=True,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _assert_same_run(killed, straight)
 
-  for stage in ('base', 'final'):
-    reports = []
-    for workdir in (straight, killed):
-      with open(wd.stage_paths(workdir, stage)['report']) as f:
-        reports.append(json.load(f))
-    assert reports[0] == reports[1], stage  # exactly equal on CPU
-  strip = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]
-  assert strip(_records(killed)) == strip(_records(straight))
-  np.testing.assert_array_equal(wd.load_refined(killed)['drop_v'],
-                                wd.load_refined(straight)['drop_v'])
+
+def kill_at_random(workdir, env, rng, kills, longest):
+  """Starts the main command `kills` times on `workdir`, each time SIGKILLing it a random
+  time in [0, longest) s after it took the workdir (unless it finished first), then runs it
+  to the end. Returns what each kill left: (metrics records, refined labels saved)."""
+  hit = []
+  for _ in range(kills):
+    proc = subprocess.Popen(_main_command(workdir), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+      _wait_for_lock(workdir, proc)
+      proc.wait(timeout=rng.uniform(0, longest))
+      assert proc.returncode == 0
+      break
+    except subprocess.TimeoutExpired:
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+    records = _records(workdir) if os.path.exists(os.path.join(workdir, wd.METRICS_FILE)) else []
+    hit.append((len(records), os.path.isdir(wd.refine_dir(workdir))))
+  subprocess.run(_main_command(workdir), cwd=ROOT, env=env, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  return hit
+
+
+def test_kills_at_random_moments_resume_to_the_same_result(tmp_path, straight_run):
+  straight, seconds, env, _, _ = straight_run
+  workdir = str(tmp_path / 'killed')
+  hit = kill_at_random(workdir, env, np.random.default_rng(0), kills=6, longest=seconds)
+  assert hit, 'no kill landed'
+  _assert_same_run(workdir, straight)
 
 
 MULTI_DEVICE_SCRIPT = """
