@@ -184,7 +184,7 @@ class LlpBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     inputs = ', '.join(f'{name}={folder}' for name, folder in self._folders.items())
     tensor = lambda shape, dtype, **kw: tfds.features.Tensor(shape=shape, dtype=dtype, **kw)
-    # Raw bytes: ~100x faster to serialize than a proto float list, same size.
+    # Raw bytes rather than a proto float list: the same size, far cheaper to serialize.
     features = lambda dim: tensor((NUM_SEGMENTS, dim), np.float32, encoding='bytes')
     gt = tensor((NUM_CLASSES, NUM_SEGMENTS), np.bool_, optional=True)  # None for train.
     return tfds.core.DatasetInfo(

@@ -52,10 +52,8 @@ def _mask_bits(state, shape):
   """(shape) uint32 random bits from a (4,) uint32 state by XLA's RngBitGenerator.
 
   On CPU it runs ThreeFry: the default there, Philox, needs 64-bit multiplies, which x86 runs
-  as scalar code. On a 2-core AMD EPYC, ThreeFry drew the 0.66 M mask bits of a batch-16 train
-  step in 2.2 ms against Philox's 7.6 ms, and the random bits' share of the step's op time
-  fell from 15 % to 2-3 % (benchmarks/profiling.py). Accelerators keep their own default, so
-  the same seed gives other masks there than on CPU.
+  as scalar code (measurements: benchmarks/RESULTS.md, "Design measurements"). Accelerators
+  keep their own default, so the same seed gives other masks there than on CPU.
   """
   def bits(algorithm):
     return lambda s: jax.lax.rng_bit_generator(s, shape, jnp.uint32, algorithm=algorithm)[1]
@@ -121,7 +119,7 @@ class MultiHeadAttention(nn.Module):
     k = project(key, 'key')
     v = project(value, 'value')
     # Heads before time: the per-head products are then plain batched matmuls, for which XLA
-    # on CPU needs fewer layout transposes in the backward pass (a 1-6 % faster train step).
+    # on CPU needs fewer layout transposes in the backward pass.
     scores = jnp.einsum('...hqc,...hkc->...hqk', q, k) / math.sqrt(d_head)
     # Softmax in float32 even when the matmuls run in bfloat16.
     weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
