@@ -22,7 +22,7 @@ from avvp_jax.data import synthetic
 from avvp_jax.data.split import Split
 from avvp_jax.models import HAN, HybridAttentionLayer
 from benchmarks import flops, profiling, torch_han
-from benchmarks.report import format_profile, row, target
+from benchmarks.report import format_profile, result_row, target
 from benchmarks.timing import (Timings, budgeted, interleaved, jax_call, matmul_probe,
                                products_probe, torch_call)
 
@@ -150,7 +150,7 @@ def bench_attention(ctx: dict) -> tuple[list, list]:
         ('forward + backward', lambda: backward(params, qj, oj, key), t_backward,
          counts.forward + counts.backward)):
       t = _budgeted({'jax': jax_call(jax_fn), 'torch': torch_call(torch_fn)}, sizes)
-      rows.append(row('attention', f'hybrid-attention layer {name}, batch {batch}',
+      rows.append(result_row('attention', f'hybrid-attention layer {name}, batch {batch}',
                       jax_s=t['jax'], torch_s=t['torch'], speedup=t.ratio('torch', 'jax'),
                       clips=batch, flop=flop))
   return rows, []
@@ -245,13 +245,13 @@ def _train_step(b: _TrainBench, batch: int) -> tuple[list, list]:
   t = _budgeted(candidates, b.sizes)
   peak = b.matmul_flop / t['matmul']
   torch_fraction = batch * per_clip_frames / b.matmul_flop * t.ratio('matmul', 'torch')
-  r = row('train', f'train step, batch {batch}', jax_s=t['jax'], torch_s=t['torch'],
+  r = result_row('train', f'train step, batch {batch}', jax_s=t['jax'], torch_s=t['torch'],
           speedup=t.ratio('torch', 'jax'), clips=batch, flop=batch * per_clip,
           peak_fraction=batch * per_clip / b.matmul_flop * t.ratio('matmul', 'jax'),
           note=f'matmul rate {peak / 1e9:.1f} GFLOP/s; PyTorch at 80 frames: '
                f'{batch * per_clip_frames / t["torch"] / 1e9:.1f} GFLOP/s, '
                f'{torch_fraction:.0%} of the rate')
-  ceiling = row('train', f'{PRODUCTS_ROW}, batch {batch}', jax_s=t['products'],
+  ceiling = result_row('train', f'{PRODUCTS_ROW}, batch {batch}', jax_s=t['products'],
                 torch_s=t['torch'], speedup=t.ratio('torch', 'products'), clips=batch,
                 flop=products_flop,
                 peak_fraction=products_flop / b.matmul_flop * t.ratio('matmul', 'products'),
@@ -262,7 +262,7 @@ def _train_step(b: _TrainBench, batch: int) -> tuple[list, list]:
   if batch != BATCH:
     return [r, ceiling], []
   rows = [r, ceiling,
-          row('train', f'train step, batch {batch}, PyTorch on segment means',
+          result_row('train', f'train step, batch {batch}, PyTorch on segment means',
               jax_s=t['jax'], torch_s=t['torch_means'],
               speedup=t.ratio('torch_means', 'jax'),
               note='diagnostic: PyTorch with fc_v on the 10 segment means')]
@@ -271,7 +271,7 @@ def _train_step(b: _TrainBench, batch: int) -> tuple[list, list]:
   if b.sizes.profile_calls:
     profile = profiling.breakdown(jax_call(lambda: b.trainer.step(idx)), b.trainer.hlo(idx),
                                   b.sizes.profile_calls)
-    rows.append(row('train', f'train step profile, batch {batch} (JAX)',
+    rows.append(result_row('train', f'train step profile, batch {batch} (JAX)',
                     note=f'share of op time: {format_profile(profile)}'))
     peak_figures['matrix_products_share'] = profile['matrix products']
   return rows, [
@@ -313,7 +313,7 @@ def _train_epoch(b: _TrainBench, step_row: dict, products_row: dict) -> tuple[li
   per_clip = flops.per_clip()
   timed = 'whole epoch timed' if steps == EPOCH_STEPS else (
       f'{steps} of {EPOCH_STEPS} steps timed, extrapolated')
-  r = row('train', f'epoch, {LLP_TRAIN_CLIPS:,} clips, batch {BATCH}', jax_s=t['jax'] * scale,
+  r = result_row('train', f'epoch, {LLP_TRAIN_CLIPS:,} clips, batch {BATCH}', jax_s=t['jax'] * scale,
           torch_s=t['torch'] * scale, speedup=t.ratio('torch', 'jax'), clips=LLP_TRAIN_CLIPS,
           flop=LLP_TRAIN_CLIPS * per_clip,
           peak_fraction=steps * BATCH * per_clip / b.matmul_flop * t.ratio('matmul', 'jax'),
@@ -367,7 +367,7 @@ def bench_refine(ctx: dict) -> tuple[list, list]:
   base = t[1] / sizes.refine_clips
   rows = []
   for k in sizes.partners:
-    rows.append(row('refine', f'stage 2 track swap, K = {k}', jax_s=t[k],
+    rows.append(result_row('refine', f'stage 2 track swap, K = {k}', jax_s=t[k],
                     clips=sizes.refine_clips,
                     note=f'per clip {t[k] / sizes.refine_clips / base:.2f}x K = 1 (FLOPs: '
                          f'{refine_flop_ratio(k):.2f}x); {sizes.refine_clips:,} clips, '
@@ -399,11 +399,11 @@ def bench_eval(ctx: dict) -> tuple[list, list]:
   n = sizes.eval_clips
   overhead = t.ratio('evaluate', 'forward')
   rows = [
-      row('eval', f'forward pass, {n:,} clips (train.predict)', jax_s=t['forward'], clips=n,
+      result_row('eval', f'forward pass, {n:,} clips (train.predict)', jax_s=t['forward'], clips=n,
           flop=n * flops.total(flops.han(contrastive=False)).forward),
-      row('eval', f'forward + metrics, {n:,} clips (train.evaluate_split)', jax_s=t['evaluate'],
+      result_row('eval', f'forward + metrics, {n:,} clips (train.evaluate_split)', jax_s=t['evaluate'],
           clips=n, note=f'{overhead:.2f}x the forward pass'),
-      row('eval', f'metrics, {n:,} clips (vectorised)', jax_s=t['metrics'], clips=n,
+      result_row('eval', f'metrics, {n:,} clips (vectorised)', jax_s=t['metrics'], clips=n,
           note='predictions to the ten numbers'),
   ]
   times = {'forward_s': t['forward'], 'evaluate_s': t['evaluate'], 'metrics_s': t['metrics']}

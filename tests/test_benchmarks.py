@@ -205,9 +205,9 @@ def _report(backend, speedup):
                       'cores': 2, 'jax': '0', 'torch': '0', 'torch_device': 'cpu',
                       'load_average': [0.0]},
           'flops': {'per_clip_gflop': 0.408, 'per_clip_frames_gflop': 0.702},
-          'rows': [report.row('train', 'train step', jax_s=0.1, torch_s=0.1 * speedup,
+          'rows': [report.result_row('train', 'train step', jax_s=0.1, torch_s=0.1 * speedup,
                               speedup=speedup, clips=16, note='a note'),
-                   report.row('eval', 'metrics', jax_s=2.5)],
+                   report.result_row('eval', 'metrics', jax_s=2.5)],
           'targets': [target]}
 
 
@@ -237,9 +237,9 @@ def test_format_report_renders_a_line_per_row():
 
 def test_epoch_figures_split_the_epoch_ratio():
   n = sections.EPOCH_STEPS
-  step = report.row('train', 'step', jax_s=0.05, torch_s=0.12)
-  products = report.row('train', 'products', jax_s=0.04)
-  epoch = report.row('train', 'epoch', jax_s=0.06 * n, torch_s=0.132 * n)
+  step = report.result_row('train', 'step', jax_s=0.05, torch_s=0.12)
+  products = report.result_row('train', 'products', jax_s=0.04)
+  epoch = report.result_row('train', 'epoch', jax_s=0.06 * n, torch_s=0.132 * n)
   figures = sections.epoch_figures(step, products, epoch)
   assert figures == pytest.approx({'train_step_speedup': 2.4, 'jax_epoch_step_over_step': 1.2,
                                    'torch_epoch_step_over_step': 1.1,
