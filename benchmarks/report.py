@@ -32,7 +32,7 @@ TARGETS = {
 
 
 def result_row(section: str, name: str, *, jax_s=None, torch_s=None, speedup=None, clips=None,
-        flop=None, peak_fraction=None, note: str = '') -> dict:
+               flop=None, peak_fraction=None, note: str = '') -> dict:
   """One table row. jax_s / torch_s: seconds; speedup: PyTorch's time over JAX's; clips:
   clips processed in jax_s; flop: FLOPs of the JAX computation; peak_fraction: its FLOP rate
   over the matmul rate measured alongside."""
