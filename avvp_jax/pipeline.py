@@ -10,7 +10,7 @@ import os
 import ml_collections
 
 from avvp_jax import metrics, stages, workdir as wd
-from avvp_jax.data import load_splits
+from avvp_jax.data import describe, load_splits
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -27,5 +27,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if 'final' in out:
     gain = {k: out['final'][k] - out['base'][k] for k in out['base']}
     print(metrics.format_table(gain, signed=True, title=(
-        f'{config.name}: what the refinement gained, stage 3 - stage 1 (test, points of F)')))
+        f'{config.name}: what the refinement gained on {describe(config.data)}, stage 3 - '
+        'stage 1 (test, points of F)')))
   return out
