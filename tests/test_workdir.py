@@ -178,3 +178,15 @@ def test_restore_params_names_what_is_missing(tmp_path):
     wd.restore_params(str(tmp_path), 'base', 'best')
   with pytest.raises(ValueError, match="No training stage 'refine'"):
     wd.stage_paths(str(tmp_path), 'refine')
+
+
+def test_the_meta_of_an_async_save_is_not_the_callers_dict(tmp_path, monkeypatch):
+  """Orbax may write the JSON after `save` returns, while training goes on and changes meta:
+  the saved object must be a copy (a race that no timing reliably shows)."""
+  handed = []
+  json_save = wd.ocp.args.JsonSave
+  monkeypatch.setattr(wd.ocp.args, 'JsonSave', lambda item: handed.append(item) or json_save(item))
+  meta = {'epoch': 1, 'best_val': 50.0, 'best_epoch': 1}
+  with wd.StageCheckpoints(str(tmp_path), 'base') as ckpt:
+    ckpt.save(1, {'w': jnp.zeros(2)}, meta)
+  assert handed == [meta] and handed[0] is not meta
