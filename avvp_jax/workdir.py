@@ -10,8 +10,10 @@
     refine/                 Orbax: drop_a, drop_v, partners and the statistics
     final/...               as base/
 
-Every file is written whole or not at all (`atomic_write`, Orbax's own commit), so a run
-killed at any moment leaves a workdir that the next run resumes. Nothing here computes.
+Every file is written whole or not at all (`atomic_write`, Orbax's own commit), except
+metrics.jsonl, which is appended to and whose line cut by a kill the next run drops
+(`truncate_metrics`); so a run killed at any moment leaves a workdir that the next run
+resumes. Nothing here computes.
 """
 
 import contextlib
@@ -293,8 +295,8 @@ class StageCheckpoints:
     paths = stage_paths(workdir, stage)
     self.directory = paths['checkpoints']
     self._last = ocp.CheckpointManager(paths['checkpoints'], options=_options(max_to_keep=1))
-    # Two: a kill between `save_best` and `save` leaves a best newer than the last epoch,
-    # which `restore` deletes; the best before it must still be there.
+    # Two: a kill between the commits of `save_best` and `save` leaves a best newer than the
+    # last epoch, which `restore` deletes; the best before it must still be there.
     self._best = ocp.CheckpointManager(paths['best'], options=_options(max_to_keep=2))
 
   def __enter__(self):
@@ -323,6 +325,12 @@ class StageCheckpoints:
         state=ocp.args.StandardRestore(
             jax.tree.map(ocp.utils.to_shape_dtype_struct, like)), meta=ocp.args.JsonRestore()))
     self._drop_best_after(restored.meta['epoch'])
+    best_epoch = restored.meta['best_epoch']
+    if best_epoch and best_epoch not in self._best.all_steps():
+      raise RuntimeError(
+          f'{self.directory} (epoch {restored.meta["epoch"]}) names epoch {best_epoch} as the '
+          f'best on val, but {self._best.directory} holds epochs {self._best.all_steps()}: '
+          'the stage cannot resume its best-val model; delete the stage folder to redo it.')
     return restored.state, restored.meta
 
   def _drop_best_after(self, epoch: int) -> None:
@@ -334,7 +342,12 @@ class StageCheckpoints:
     self._best.save(epoch, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
 
   def save(self, epoch: int, state, meta: dict) -> None:
-    """Saves asynchronously; `meta` is copied, so the caller may change it at once."""
+    """Saves asynchronously; `meta` is copied, so the caller may change it at once.
+
+    Waits first for a pending `save_best`: Orbax orders no commits across managers, and an
+    epoch committed before its best would name a best that a kill could lose.
+    """
+    self._best.wait_until_finished()
     self._last.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    meta=ocp.args.JsonSave(dict(meta))))
 

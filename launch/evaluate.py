@@ -2,8 +2,9 @@
 
   python launch/evaluate.py --workdir=workdirs/ma_cr [--split=test] [--model=best_val]
 
-For each finished training stage (base, final) it restores the last epoch (`--model=last`)
-or the best validation epoch (`--model=best_val`), prints the table of METHOD.md section 5,
+For each training stage (base, final) that has saved a checkpoint, finished or not, it
+restores the last epoch (`--model=last`) or the best validation epoch so far
+(`--model=best_val`), prints the table of METHOD.md section 5,
 on the data source of the workdir's config, and per-class F, and writes
 eval_<split>.json (eval_<split>_best_val.json) beside the checkpoints (not
 report_test.json, which marks a finished stage for the pipeline).
@@ -51,8 +52,9 @@ def main(argv):
         config_name=config.name, data=data_name, model=which,
         per_class_audio=result['per_class_audio'], per_class_visual=result['per_class_visual'])
   if not found:
+    folder = 'best' if which == 'best_val' else 'checkpoints'
     raise SystemExit(f'{workdir}: no {which} checkpoint of any stage (expected one in '
-                     f'{wd.stage_paths(workdir, "base")["checkpoints"]}).')
+                     f'{wd.stage_paths(workdir, "base")[folder]}).')
 
 
 if __name__ == '__main__':

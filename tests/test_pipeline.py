@@ -130,8 +130,8 @@ def _wait_for_lock(workdir, proc):
 @pytest.fixture(scope='module')
 def straight_run(tmp_path_factory):
   """The main command run once without interruption, and a second one started on its
-  workdir while it runs: (workdir, seconds from taking the workdir to the end, env, the second
-  run's CompletedProcess, whether the first was still running after the second had ended)."""
+  workdir while it runs: (workdir, env, the second run's CompletedProcess, whether the
+  first was still running after the second had ended)."""
   tmp = tmp_path_factory.mktemp('straight')
   env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(tmp / 'xla_cache')}
   workdir = str(tmp / 'run')
@@ -139,7 +139,6 @@ def straight_run(tmp_path_factory):
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     _wait_for_lock(workdir, live)
-    start = time.perf_counter()
     second = subprocess.run(_main_command(workdir), cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     still_live = live.poll() is None
@@ -147,12 +146,12 @@ def straight_run(tmp_path_factory):
   finally:
     if live.poll() is None:
       live.kill()
-  return workdir, time.perf_counter() - start, env, second, still_live
+  return workdir, env, second, still_live
 
 
 def test_a_second_run_on_a_live_workdir_stops_at_once(straight_run):
   """The live run is unharmed: the kill tests below compare their results with it."""
-  _, _, _, second, still_live = straight_run
+  _, _, second, still_live = straight_run
   assert still_live, 'the first run ended before the second reached the lock: inconclusive'
   assert second.returncode == 1
   assert 'is in use by a live run (process ' in second.stderr
@@ -173,7 +172,7 @@ def _assert_same_run(workdir, straight):
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, straight_run):
-  straight, _, env, _, _ = straight_run
+  straight, env, _, _ = straight_run
   killed = str(tmp_path / 'killed')
   _run_until(killed, env, 'base', 2)  # killed inside stage 1
   _run_until(killed, env, 'final', 1)  # resumed, then killed inside stage 3
@@ -182,34 +181,40 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, straight_run):
   _assert_same_run(killed, straight)
 
 
-def kill_at_random(workdir, env, rng, kills, longest):
-  """Starts the main command `kills` times on `workdir`, each time SIGKILLing it a random
-  time in [0, longest) s after it took the workdir (unless it finished first), then runs it
-  to the end. Returns what each kill left: (metrics records, refined labels saved)."""
+def kill_at_random(workdir, env, rng, records):
+  """Starts the main command on `workdir` once per entry of `records`, SIGKILLing it a random
+  0-1.5 s after metrics.jsonl holds that many records (so that the kills land at random
+  moments spread over the stages, checkpoint saves and stage 2 included), then runs it to
+  the end. Returns what each kill left: (metrics records, refined labels saved)."""
   hit = []
-  for _ in range(kills):
+  for target in records:
     proc = subprocess.Popen(_main_command(workdir), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
       _wait_for_lock(workdir, proc)
-      proc.wait(timeout=rng.uniform(0, longest))
-      assert proc.returncode == 0
-      break
-    except subprocess.TimeoutExpired:
+      path = os.path.join(workdir, wd.METRICS_FILE)
+      while target and not (os.path.exists(path) and len(_records(workdir)) >= target):
+        assert proc.poll() is None, f'the run ended before {target} records'
+        time.sleep(0.02)
+      time.sleep(rng.uniform(0, 1.5))
+    finally:
       proc.send_signal(signal.SIGKILL)
       proc.wait()
-    records = _records(workdir) if os.path.exists(os.path.join(workdir, wd.METRICS_FILE)) else []
-    hit.append((len(records), os.path.isdir(wd.refine_dir(workdir))))
+    records_left = _records(workdir) if os.path.exists(path) else []
+    hit.append((len(records_left), os.path.isdir(wd.refine_dir(workdir))))
   subprocess.run(_main_command(workdir), cwd=ROOT, env=env, check=True,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   return hit
 
 
 def test_kills_at_random_moments_resume_to_the_same_result(tmp_path, straight_run):
-  straight, seconds, env, _, _ = straight_run
+  """Six kills, each a random moment after a random number of epochs (of 6 in all)."""
+  straight, env, _, _ = straight_run
   workdir = str(tmp_path / 'killed')
-  hit = kill_at_random(workdir, env, np.random.default_rng(0), kills=6, longest=seconds)
-  assert hit, 'no kill landed'
+  rng = np.random.default_rng(0)
+  hit = kill_at_random(workdir, env, rng, sorted(rng.integers(0, 6, 6)))
+  assert any(0 < n <= 3 and not refined for n, refined in hit), hit  # Inside stage 1.
+  assert any(n > 3 for n, _ in hit), hit  # Inside stage 3.
   _assert_same_run(workdir, straight)
 
 

@@ -160,7 +160,7 @@ def test_a_kill_during_stage_2_or_a_save_resumes_to_the_same_result(tmp_path, wh
   assert proc.returncode == -9, proc.stderr
   if when != 'checkpoint':
     assert os.path.exists(wd.stage_paths(killed, 'base')['report'])
-  if when == 'compute':  # A save cut short may or may not have committed: both must resume.
+  if when == 'compute':  # ('save': the cut save may or may not have committed; both resume.)
     assert wd.load_refined(killed) is None
   pipeline.run(config, killed)
   straight = str(tmp_path / 'straight')

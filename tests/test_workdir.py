@@ -83,7 +83,7 @@ def test_write_report_round_trip(tmp_path):
   assert wd.read_report(str(path)) == report and wd.read_report(str(tmp_path / 'no')) is None
 
 
-def test_write_report_keeps_old_file_on_failure(tmp_path):
+def test_write_report_refuses_nan_results_and_keeps_the_old_file(tmp_path):
   path = tmp_path / 'test.json'
   path.write_text('old')
   with pytest.raises(ValueError):
@@ -190,3 +190,28 @@ def test_the_meta_of_an_async_save_is_not_the_callers_dict(tmp_path, monkeypatch
   with wd.StageCheckpoints(str(tmp_path), 'base') as ckpt:
     ckpt.save(1, {'w': jnp.zeros(2)}, meta)
   assert handed == [meta] and handed[0] is not meta
+
+
+def test_an_epoch_is_saved_only_after_its_best_has_committed(tmp_path, monkeypatch):
+  """Orbax orders no commits across managers: were epoch e's checkpoint to commit before
+  best/e, a kill could leave meta naming a best that is gone."""
+  order = []
+  with wd.StageCheckpoints(str(tmp_path), 'base') as ckpt:
+    ckpt.save_best(1, {'w': jnp.zeros(2)})
+    best_wait, last_save = ckpt._best.wait_until_finished, ckpt._last.save
+    monkeypatch.setattr(ckpt._best, 'wait_until_finished',
+                        lambda: order.append('best committed') or best_wait())
+    monkeypatch.setattr(ckpt._last, 'save',
+                        lambda *a, **k: order.append('epoch saved') or last_save(*a, **k))
+    ckpt.save(1, {'w': jnp.zeros(2)}, {'epoch': 1, 'best_val': 1.0, 'best_epoch': 1})
+    assert order == ['best committed', 'epoch saved']
+
+
+def test_a_best_that_is_gone_is_a_clear_error_on_resume(tmp_path):
+  state = {'w': jnp.zeros(2)}
+  with wd.StageCheckpoints(str(tmp_path), 'base') as ckpt:
+    ckpt.save(1, state, {'epoch': 1, 'best_val': 1.0, 'best_epoch': 1})  # No best saved.
+  with wd.StageCheckpoints(str(tmp_path), 'base') as ckpt:
+    with pytest.raises(RuntimeError, match=r'names epoch 1 as the best on val, but .*best '
+                                           r'holds epochs \[\]'):
+      ckpt.restore(state)

@@ -1,7 +1,7 @@
 """The public LLP release (METHOD.md section 1), converted once into a tensorflow-datasets build.
 
-`load(config.data)` reads the six annotation CSVs in `config.data.dir` and one `.npy` per clip
-and feature (named by its 11-character video id) from three folders, by default
+`load(config.data)` reads the five annotation CSVs it needs in `config.data.dir` and one
+`.npy` per clip and feature (named by its 11-character video id) from three folders, by default
 <dir>/vggish, <dir>/res152 and <dir>/r2plus1d_18, or the same under <dir>/feats/ (the layout
 of the reference repositories), or set by `audio_dir`, `video_dir`, `st_dir`.
 The first call validates every file and writes an array_record build (a tfds progress bar);
