@@ -63,6 +63,13 @@ def create_train_state(model: HAN, tx: optax.GradientTransformation, rng) -> Tra
   return train_state(model.init(rng, *dummy, train=False)['params'], tx)
 
 
+def create_train_states(model: HAN, tx: optax.GradientTransformation, rngs) -> TrainState:
+  """The states of M models, stacked on a leading axis, from M keys (M,): each initialised
+  as `create_train_state` would (a loop, not a vmap, whose rbg draws would differ)."""
+  states = [create_train_state(model, tx, rng) for rng in rngs]
+  return jax.tree.map(lambda *x: jnp.stack(x), *states)
+
+
 def train_state(params, tx: optax.GradientTransformation) -> TrainState:
   """The state at step 0 for the given parameters: a fresh optimiser state."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
@@ -88,7 +95,8 @@ def loss_fn(params, model: HAN, loss_config, batch: dict, rng) -> tuple[jax.Arra
 
 @functools.lru_cache
 def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
-                  loss_config: ml_collections.FrozenConfigDict, num_clips: int, mesh: Mesh):
+                  loss_config: ml_collections.FrozenConfigDict, num_clips: int, mesh: Mesh,
+                  seeds: bool = False):
   """Returns (schedule, tx, train_steps) with jitted
   `train_steps(state, data, idx, rng, first, num_steps) -> (state, terms)`.
 
@@ -100,6 +108,10 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
   step gathers its batch on the device and shards it along 'data'. `terms` holds the loss
   terms of each row, (S,), zero for padding. Cached, so that stages with the same setup
   share one compilation.
+
+  With `seeds`, it trains M independent models in one program, vmapped over a leading axis
+  of M on the state, `idx` (M, S, B), `rng` (M,) and the targets of `data` (M, N, 25); the
+  inputs are shared. `terms` are then (M, S).
   """
   schedule = make_schedule(train_config, num_clips)
   tx = optax.adam(schedule)
@@ -129,7 +141,11 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
 
     return jax.lax.scan(body, state, (first + jnp.arange(idx.shape[0]), idx))
 
-  return schedule, tx, jax.jit(train_steps, donate_argnums=0)
+  if not seeds:
+    return schedule, tx, jax.jit(train_steps, donate_argnums=0)
+  data_axes = {**{k: None for k in INPUTS}, **{k: 0 for k in TARGETS}}
+  return schedule, tx, jax.jit(jax.vmap(train_steps, in_axes=(0, data_axes, 0, 0, None, None)),
+                               donate_argnums=0)
 
 
 def epoch_batches(rng, num_clips: int, batch_size: int) -> jax.Array:
@@ -149,17 +165,28 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
   """One epoch in calls of `train_steps` (see `make_training`) of at most `steps_per_call`
   steps each, all calls of one size.
 
-  Returns the new state and the per-step loss terms as host arrays (steps,).
+  `rng` is one key, or M keys (M,) for the M models of a `seeds` training, each with its own
+  permutation and dropout keys, as M one-model epochs would draw them. Returns the new state
+  and the per-step loss terms as host arrays (steps,), or (M, steps).
   """
   if steps_per_call < 1:
     raise ValueError(f'train.steps_per_call must be at least 1, not {steps_per_call}.')
-  perm_rng, dropout_rng = jax.random.split(rng)
-  batches = epoch_batches(perm_rng, data['audio'].shape[0], batch_size)
-  steps = batches.shape[0]
+  num_clips = data['audio'].shape[0]
+
+  def draw(key):
+    perm_rng, dropout_rng = jax.random.split(key)
+    return epoch_batches(perm_rng, num_clips, batch_size), dropout_rng
+
+  if rng.ndim:  # Key by key: vmapped rbg keys would draw other permutations.
+    batches, dropout_rng = (jnp.stack(x) for x in zip(*(draw(key) for key in rng)))
+  else:
+    batches, dropout_rng = draw(rng)
+  steps = batches.shape[-2]
   calls = -(-steps // steps_per_call)
   per_call = -(-steps // calls)  # E.g. 32 steps at most 25 per call: 2 calls of 16.
-  batches = jnp.pad(batches, ((0, calls * per_call - steps), (0, 0)))  # Padding rows: skipped.
-  first_step = int(state.step)
+  pad = [(0, 0)] * (batches.ndim - 2) + [(0, calls * per_call - steps), (0, 0)]
+  batches = jnp.pad(batches, pad)  # Padding rows: skipped.
+  first_step = int(np.ravel(state.step)[0])
   history, start = [], time.perf_counter()
   with tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True, disable=None) as bar:
 
@@ -168,19 +195,19 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
       real = min(per_call, steps - call * per_call)  # Its rows that are steps, not padding.
       done = call * per_call + real
       bar.update(real)
-      bar.set_postfix(loss=f'{float(history[call]["total"][real - 1]):.4f}',
+      bar.set_postfix(loss=f'{float(np.mean(history[call]["total"][..., real - 1])):.4f}',
                       lr=f'{lr_fn(first_step + done - 1):.1e}',
                       clips_per_s=f'{done * batch_size / (time.perf_counter() - start):.0f}')
 
     for call in range(calls):
       first = call * per_call
-      state, terms = train_steps(state, data, batches[first:first + per_call], dropout_rng,
-                                 first, steps)
+      state, terms = train_steps(state, data, batches[..., first:first + per_call, :],
+                                 dropout_rng, first, steps)
       history.append(terms)
       if call:  # The previous call's loss: fetching it leaves this call queued behind it.
         report(call - 1)
     report(calls - 1)
-  return state, {k: np.concatenate([np.asarray(h[k]) for h in history])[:steps]
+  return state, {k: np.concatenate([np.asarray(h[k]) for h in history], -1)[..., :steps]
                  for k in history[0]}
 
 

@@ -63,6 +63,28 @@ def _mask_bits(state, shape):
       default=bits(jax.lax.RandomAlgorithm.RNG_DEFAULT))
 
 
+def _dropout_bits(key, shape):
+  """(shape) uint32 mask bits from `key` (any implementation), through 128 bits of
+  generator state.
+
+  Under `jax.vmap` over keys (models of several seeds in one program) the bits are drawn key
+  by key: vmapped RngBitGenerator, and rbg keys' own bits, draw other numbers than a loop
+  would, and each model must get the masks of its one-model run.
+  """
+  @jax.custom_batching.custom_vmap
+  def draw(key):
+    return _mask_bits(jax.random.bits(key, (4,), jnp.uint32), shape)
+
+  @draw.def_vmap
+  def draw_per_key(axis_size, in_batched, key):
+    del axis_size
+    if not in_batched[0]:
+      return draw(key), False
+    return jax.lax.map(draw, key), True
+
+  return draw(key)
+
+
 class Dropout(nn.Module):
   """Inverted dropout: zeroes each element with probability `rate`, scales the rest by
   1 / (1 - rate). Seeded by the 'dropout' rng collection, like `nn.Dropout`, whose masks it
@@ -77,11 +99,9 @@ class Dropout(nn.Module):
       return x
     if self.rate == 1.0:
       return jnp.zeros_like(x)
-    # 128 bits of generator state, from a key of any implementation.
-    state = jax.random.bits(self.make_rng('dropout'), (4,), jnp.uint32)
     # P(bits >= threshold) = 1 - threshold / 2^32 = 1 - rate, to within 2^-32.
     threshold = np.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
-    keep = _mask_bits(state, x.shape) >= threshold
+    keep = _dropout_bits(self.make_rng('dropout'), x.shape) >= threshold
     return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
 
 
