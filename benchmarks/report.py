@@ -28,6 +28,7 @@ TARGETS = {
     'eval_overhead': ('forward + metrics vs forward alone, 1,200 clips', '<= 1.5x',
                       ('cpu', 'gpu', 'tpu')),
     'refine_k16': ('stage 2 per clip: K = 16 vs K = 1', '< 16x', ('cpu', 'gpu', 'tpu')),
+    'seeds_8': ('8 models in one program vs one model, wall time', '<= 2x', ('gpu', 'tpu')),
 }
 
 

@@ -51,6 +51,8 @@ class Sizes:
   loader_workers: int  # DataLoader worker processes of the PyTorch epoch.
   profile_calls: int  # Train steps traced by jax.profiler; 0: no profile.
   epoch_clips: int = LLP_TRAIN_CLIPS  # Clips of the training split.
+  seeds: tuple[int, ...] = (1, 4, 8)  # Models trained in one program; 1 first.
+  seeds_steps: int = 10  # Train steps (one call) per model in the seeds comparison.
 
 
 PROFILES = {
@@ -60,7 +62,7 @@ PROFILES = {
                    refine_clips=16, refine_pairs_per_batch=16, partners=(1, 16),
                    eval_clips=48, eval_batch=16, matmul_size=256, budget_s=0.0, min_reps=2,
                    max_reps=2, slow_reps=1, loader_workers=0, profile_calls=0,
-                   epoch_clips=64),
+                   epoch_clips=64, seeds=(1, 2), seeds_steps=2),
     # About 5 minutes on 2 cores. DataLoader workers would compete with the compute threads.
     # 50 epoch steps: two calls of train_steps at the config's 25 steps per call.
     'cpu': Sizes(attention_batches=(16, 64, 256), step_batches=(BATCH, 256), epoch_steps=50,
@@ -73,7 +75,8 @@ PROFILES = {
                          epoch_steps=LLP_TRAIN_CLIPS // BATCH, refine_clips=LLP_TRAIN_CLIPS,
                          refine_pairs_per_batch=1024, partners=(1, 4, 16), eval_clips=1200,
                          eval_batch=256, matmul_size=8192, budget_s=3.0, min_reps=10,
-                         max_reps=500, slow_reps=3, loader_workers=4, profile_calls=10),
+                         max_reps=500, slow_reps=3, loader_workers=4, profile_calls=10,
+                         seeds_steps=25),
 }
 
 
@@ -413,6 +416,71 @@ def bench_eval(ctx: dict) -> tuple[list, list]:
   ]
 
 
+def bench_seeds(ctx: dict) -> tuple[list, list]:
+  """M models trained in one vmapped program (`make_training(seeds=True)`) against M
+  separate one-model calls, each of the same steps at batch 16."""
+  sizes, config = ctx['sizes'], ctx['config']
+  model = HAN.from_config(config.model)
+  mesh = train.make_mesh()
+  split = _split(max(BATCH * sizes.seeds_steps, BATCH), 'train')
+  frozen = (ml_collections.FrozenConfigDict(config.train),
+            ml_collections.FrozenConfigDict(config.loss))
+  targets = train.targets_from_labels(split.labels, config.loss)
+  idx = jnp.resize(jnp.arange(len(split)), (sizes.seeds_steps, BATCH))
+  _, tx, one = train.make_training(model, *frozen, len(split), mesh)
+  _, _, many = train.make_training(model, *frozen, len(split), mesh, seeds=True)
+  data = train.device_arrays(split, targets, mesh)
+  params = _init_params(model)
+  # Placed as the calls return them, so that no timed call compiles again.
+  place = lambda state: jax.device_put(state, NamedSharding(mesh, P()))
+  held = {}  # The states, replaced by each call (the calls donate them).
+
+  def separate(m):
+    held[('one', m)] = [place(train.train_state(jax.tree.map(jnp.copy, params), tx))
+                        for _ in range(m)]
+
+    def call():
+      key = jax.random.key(0, impl=train.RNG_IMPL)
+      held[('one', m)] = [one(s, data, idx, key, 0, sizes.seeds_steps)[0]
+                          for s in held[('one', m)]]
+      return held[('one', m)]
+    return call
+
+  def together(m):
+    held[('many', m)] = place(jax.tree.map(lambda x: jnp.stack([x] * m),
+                                           train.train_state(params, tx)))
+    data_m = train.device_arrays(split, {k: np.stack([v] * m) for k, v in targets.items()},
+                                 mesh)
+    keys = jnp.stack([jax.random.key(s, impl=train.RNG_IMPL) for s in range(m)])
+
+    def call():
+      held[('many', m)] = many(held[('many', m)], data_m, jnp.stack([idx] * m), keys, 0,
+                               sizes.seeds_steps)[0]
+      return held[('many', m)]
+    return call
+
+  candidates = {}
+  for m in sizes.seeds:
+    candidates[('one', m)] = jax_call(separate(m))
+    if m > 1:
+      candidates[('many', m)] = jax_call(together(m))
+  t = interleaved(candidates, sizes.slow_reps)
+  rows, one_model = [], t[('one', 1)]
+  for m in sizes.seeds[1:]:
+    rows.append(result_row(
+        'seeds', f'{m} models in one program, {sizes.seeds_steps} steps each, batch {BATCH}',
+        jax_s=t[('many', m)], clips=m * sizes.seeds_steps * BATCH,
+        note=f'{t.ratio(("many", m), ("one", m)):.2f}x {m} separate runs; '
+             f'{t.ratio(("many", m), ("one", 1)):.2f}x one run'))
+  rows.insert(0, result_row('seeds', f'one model, {sizes.seeds_steps} steps, batch {BATCH}',
+                            jax_s=one_model, clips=sizes.seeds_steps * BATCH))
+  m = sizes.seeds[-1]
+  ratio = t.ratio(('many', m), ('one', 1))
+  return rows, [target('seeds_8', ratio, ratio <= 2, f'{ratio:.2f}x (M = {m})',
+                       {'separate_runs_ratio': t.ratio(('many', m), ('one', m))})]
+
+
 BENCHES = {'attention': bench_attention, 'train': bench_train, 'refine': bench_refine,
+           'seeds': bench_seeds,
            'eval': bench_eval}
 
