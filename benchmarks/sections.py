@@ -404,8 +404,8 @@ def bench_eval(ctx: dict) -> tuple[list, list]:
   rows = [
       result_row('eval', f'forward pass, {n:,} clips (train.predict)', jax_s=t['forward'], clips=n,
           flop=n * flops.total(flops.han(contrastive=False)).forward),
-      result_row('eval', f'forward + metrics, {n:,} clips (train.evaluate_split)', jax_s=t['evaluate'],
-          clips=n, note=f'{overhead:.2f}x the forward pass'),
+      result_row('eval', f'forward + metrics, {n:,} clips (train.evaluate_split)',
+                 jax_s=t['evaluate'], clips=n, note=f'{overhead:.2f}x the forward pass'),
       result_row('eval', f'metrics, {n:,} clips (vectorised)', jax_s=t['metrics'], clips=n,
           note='predictions to the ten numbers'),
   ]
