@@ -117,8 +117,8 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
 
 def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
   """Stage 2: refined targets on the train split from the frozen base model (the last or the
-  best-val epoch, `config.train.base_selection`), saved in the workdir; or found there. Returns the
-  statistics."""
+  best-val epoch, `config.train.base_selection`), saved in the workdir; or found there.
+  Returns the statistics."""
   done = wd.load_refined(workdir)
   if done is not None:
     print(f'[refine] found in {wd.refine_dir(workdir)}, not redone', flush=True)

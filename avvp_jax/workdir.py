@@ -263,21 +263,25 @@ def _restore_latest(directory: str, item: str):
     return restored[item], step
 
 
-def restore_params(workdir: str, stage: str, which: str = 'last'):
-  """(params, epoch) of a training stage: its last epoch or its best validation epoch."""
+def checkpoint_dir(workdir: str, stage: str, which: str = 'last') -> str:
+  """The Orbax folder of a stage's last epoch ('last') or best validation epoch ('best_val')."""
   if which not in MODEL_SELECTIONS:
     raise ValueError(f'The model must be one of {MODEL_SELECTIONS}, not {which!r}.')
-  paths = stage_paths(workdir, stage)
+  return stage_paths(workdir, stage)['best' if which == 'best_val' else 'checkpoints']
+
+
+def restore_params(workdir: str, stage: str, which: str = 'last'):
+  """(params, epoch) of a training stage: its last epoch or its best validation epoch."""
+  directory = checkpoint_dir(workdir, stage, which)
   if which == 'best_val':
-    return _restore_latest(paths['best'], 'params')
-  state, epoch = _restore_latest(paths['checkpoints'], 'state')
+    return _restore_latest(directory, 'params')
+  state, epoch = _restore_latest(directory, 'state')
   return state['params'], epoch
 
 
 def checkpoint_epoch(workdir: str, stage: str, which: str = 'last'):
   """The epoch of a stage's last or best-val checkpoint, or None if it has none."""
-  paths = stage_paths(workdir, stage)
-  directory = paths['best'] if which == 'best_val' else paths['checkpoints']
+  directory = checkpoint_dir(workdir, stage, which)
   if not os.path.isdir(directory):
     return None
   with ocp.CheckpointManager(directory) as mngr:

@@ -52,9 +52,8 @@ def main(argv):
         config_name=config.name, data=data_name, model=which,
         per_class_audio=result['per_class_audio'], per_class_visual=result['per_class_visual'])
   if not found:
-    folder = 'best' if which == 'best_val' else 'checkpoints'
     raise SystemExit(f'{workdir}: no {which} checkpoint of any stage (expected one in '
-                     f'{wd.stage_paths(workdir, "base")[folder]}).')
+                     f'{wd.checkpoint_dir(workdir, "base", which)}).')
 
 
 if __name__ == '__main__':
