@@ -152,19 +152,66 @@ def per_class_f(pred, gt):
   return np.where(denom > 0, 100 * 2 * tp / np.maximum(denom, 1), np.nan)
 
 
-def format_table(results, title='', signed=False):
+def mean_sd(per_seed: list[dict]) -> tuple[dict, dict | None]:
+  """The mean and the sd (numpy's default, the population sd) of each number over the seeds'
+  {name: value} dicts; the sd is None for one seed."""
+  table = {k: np.array([r[k] for r in per_seed]) for k in per_seed[0]}
+  mean = {k: float(np.mean(v)) for k, v in table.items()}
+  return mean, ({k: float(np.std(v)) for k, v in table.items()} if len(per_seed) > 1 else None)
+
+
+def summarise_seeds(evaluations: list[dict]) -> dict:
+  """Mean and sd over the models of several seeds.
+
+  Args:
+    evaluations: one {'results', 'per_class_audio', 'per_class_visual'} per seed, as
+      `train.evaluate_split` returns them.
+  Returns:
+    {'results': the mean of each number, 'sd': its sd over the seeds (`mean_sd`),
+    'per_class_audio' | 'per_class_visual': (C,) the mean
+    over the seeds where a class's F is defined (NaN where it is nowhere)}.
+  """
+  mean, sd = mean_sd([e['results'] for e in evaluations])
+  summary = {'results': mean, 'sd': sd}
+  for key in ('per_class_audio', 'per_class_visual'):
+    values = np.stack([e[key] for e in evaluations])
+    defined = ~np.isnan(values)
+    summary[key] = np.where(defined.any(0), np.where(defined, values, 0).sum(0)
+                            / np.maximum(defined.sum(0), 1), np.nan)
+  return summary
+
+
+def format_table(results, title='', signed=False, sd=None):
   """The ten numbers in the paper's layout (rows: levels, columns: COLUMNS), one decimal;
-  `signed` shows the sign of every cell (for differences)."""
+  `signed` shows the sign of every cell (for differences); `sd` (same keys) adds '± sd'."""
   sign = '+' if signed else ''
   names = [name for _, name in COLUMNS]
-  widths = [max(len(name), 6) for name in names]
+  widths = [max(len(name), 12 if sd else 6) for name in names]
   label_width = max(len(name) for _, name in LEVELS)
   lines = [title] if title else []
   lines.append(' ' * label_width + ''.join(f'  {n:>{w}}' for n, w in zip(names, widths)))
+
+  def cell(key, w):
+    if sd is None:
+      return f'{results[key]:>{sign}{w}.1f}'
+    return f'{f"{results[key]:{sign}.1f} ± {sd[key]:.1f}":>{w}}'
+
   for level, level_name in LEVELS:
-    cells = ''.join(f'  {results[f"{level}/{key}"]:>{sign}{w}.1f}'
-                    for (key, _), w in zip(COLUMNS, widths))
+    cells = ''.join(f'  {cell(f"{level}/{key}", w)}' for (key, _), w in zip(COLUMNS, widths))
     lines.append(f'{level_name:<{label_width}}{cells}')
+  return '\n'.join(lines)
+
+
+def format_seeds(per_seed: list[dict], seeds: list[int], title='') -> str:
+  """The ten numbers of each seed, one row per seed: the segment-level columns, then the
+  event-level ones (A: audio, V: visual, AV: audio-visual, T: Type@AV, E: Event@AV)."""
+  keys = [f'{level}/{key}' for level, _ in LEVELS for key, _ in COLUMNS]
+  short = ('A', 'V', 'AV', 'T', 'E')
+  lines = [title] if title else []
+  lines.append(f'{"":4}  {"Segment-level":^33}  {"Event-level":^33}'.rstrip())
+  lines.append('seed' + ''.join(f'  {h:>5}' for h in short * 2))
+  for seed, results in zip(seeds, per_seed):
+    lines.append(f'{seed:>4}' + ''.join(f'  {results[k]:>5.1f}' for k in keys))
   return '\n'.join(lines)
 
 

@@ -14,19 +14,24 @@ from avvp_jax.data import describe, load_splits
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs every stage the config enables; returns {stage: test results or refine stats}."""
+  """Runs every stage the config enables; returns {stage: its test report, or for 'refine'
+  the refinement's statistics}."""
+  placement = stages.check_placement(config)
   workdir = os.path.abspath(workdir)  # Orbax needs absolute paths.
   with wd.hold(workdir):
     wd.check_or_save_config(config, workdir)
     splits = load_splits(config.data)
-    print(f'data: { {k: len(v) for k, v in splits.items()} }', flush=True)
+    print(f'data: { {k: len(v) for k, v in splits.items()} }; {placement}', flush=True)
     out = {'base': stages.train_stage(config, workdir, 'base', splits)}
     if config.refine.enabled:
       out['refine'] = stages.refine_stage(config, workdir, splits)
       out['final'] = stages.train_stage(config, workdir, 'final', splits)
   if 'final' in out:
-    gain = {k: out['final'][k] - out['base'][k] for k in out['base']}
-    print(metrics.format_table(gain, signed=True, title=(
+    gains = [{k: final['results'][k] - base['results'][k] for k in base['results']}
+             for base, final in zip(out['base']['per_seed'], out['final']['per_seed'])]
+    mean, sd = metrics.mean_sd(gains)
+    over = f', mean ± sd over {len(gains)} seeds' if len(gains) > 1 else ''
+    print(metrics.format_table(mean, signed=True, sd=sd, title=(
         f'{config.name}: what the refinement gained on {describe(config.data)}, stage 3 - '
-        'stage 1 (test, points of F)')))
+        f'stage 1 (test, points of F{over})')))
   return out

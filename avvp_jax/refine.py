@@ -11,6 +11,7 @@ import functools
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from avvp_jax import train
 from avvp_jax.data import Split
@@ -44,8 +45,7 @@ def draw_partners(labels: np.ndarray, num_partners: int, rng: np.random.Generato
   return partners
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _swapped_probs(model: HAN, params, data: dict, idx, partners) -> dict:
+def _swapped_one(model: HAN, params, data: dict, idx, partners) -> dict:
   """Mean over the K partners of a_prob / v_prob on the two swapped pairings, (B, 25) each.
 
   idx: (B,) clips i; partners: (B, K) clips j.
@@ -64,17 +64,40 @@ def _swapped_probs(model: HAN, params, data: dict, idx, partners) -> dict:
   return jax.tree.map(lambda x: x.mean(0), jax.vmap(one_partner, in_axes=1)(partners))
 
 
+_swapped_probs = jax.jit(_swapped_one, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _swapped_probs_seeds(model: HAN, params, data: dict, idx, partners) -> dict:
+  """`_swapped_one` of S models (params (S, ...)), each with its partners (S, B, K)."""
+  return train.over_seeds(functools.partial(_swapped_one, model), (0, None, None, 0))(
+      params, data, idx, partners)
+
+
 def swapped_probs(model: HAN, params, split: Split, partners: np.ndarray,
-                  pairs_per_batch: int) -> dict[str, np.ndarray]:
-  """`_swapped_probs` over the whole split in fixed-size batches; host arrays (N, 25)."""
-  data = train.device_arrays(split, {}, train.make_mesh())
-  n, k = partners.shape
+                  pairs_per_batch: int, seeds: bool = False) -> dict[str, np.ndarray]:
+  """`_swapped_one` over the whole split in fixed-size batches; host arrays (N, 25).
+
+  With `seeds`, `params` are S models stacked on a leading axis and `partners` (S, N, K)
+  each model's partners; the outputs are (S, N, 25).
+  """
+  num_seeds = len(partners) if seeds else 1
+  mesh = train.make_mesh(num_seeds)
+  data = train.device_arrays(split, {}, mesh)
+  n, k = partners.shape[-2:]
   batch = max(1, pairs_per_batch // k)
+  if seeds:
+    params = jax.device_put(params, NamedSharding(mesh, P('seed')))
   outs = []
   for start in range(0, n, batch):
     idx = np.arange(start, start + batch) % n  # Wrap the last batch: one compiled shape.
-    outs.append(_swapped_probs(model, params, data, idx, partners[idx]))
-  return {key: np.concatenate([np.asarray(o[key]) for o in outs])[:n] for key in outs[0]}
+    if seeds:
+      outs.append(_swapped_probs_seeds(model, params, data, idx, partners[:, idx]))
+    else:
+      outs.append(_swapped_probs(model, params, data, idx, partners[idx]))
+  axis = 1 if seeds else 0
+  return {key: np.concatenate([np.asarray(o[key]) for o in outs], axis).take(np.arange(n), axis)
+          for key in outs[0]}
 
 
 def error_rate(prob: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
@@ -186,17 +209,47 @@ def format_stats(stats: dict) -> str:
   return '\n'.join(lines)
 
 
-def refine_targets(model: HAN, params, split: Split, refine_config, *, seed: int,
-                   eval_batch_size: int) -> tuple[dict[str, np.ndarray], dict]:
-  """Stage 2 on a split with the frozen model `params`: partners, swap, rule, statistics.
+def _mean_defined(values: list):
+  """The mean of the values that are not None, or None if none is."""
+  defined = [v for v in values if v is not None]
+  return float(np.mean(defined)) if defined else None
 
-  Returns ({drop_a, drop_v: bool (N, 25), partners: int (N, K)}, statistics).
+
+def refine_targets(model: HAN, params, split: Split, refine_config, *, seeds: list[int],
+                   eval_batch_size: int) -> tuple[dict[str, np.ndarray], dict]:
+  """Stage 2 on a split for the frozen models of S seeds, `params` (S, ...): partners, swap,
+  rule, statistics, seed by seed.
+
+  Seed s draws its partners from `seeds[s]` and applies the rule to its own model's
+  probabilities, or, with `refine_config.ensemble`, to the mean over all S models' (on its
+  partners, and on the original pairs for E_a, E_v).
+  Returns ({drop_a, drop_v: bool (S, N, 25), partners: int (S, N, K)}, statistics: the mean
+  over the seeds of each number, and `per_seed`, those of each seed).
   """
   rc = refine_config
-  partners = draw_partners(split.labels, rc.num_partners, np.random.default_rng([seed, 2]))
-  orig = train.predict(model, params, split, eval_batch_size)
-  swapped = swapped_probs(model, params, split, partners, rc.batch_size)
-  drop_a, drop_v = refine_labels(orig, swapped, split.labels, rc.threshold, rc.modalities)
-  stats = refinement_stats(split.labels, drop_a, drop_v, split.gt_a, split.gt_v)
-  stats.update(base_error_stats(orig, split.labels, rc.threshold))
-  return {'drop_a': drop_a, 'drop_v': drop_v, 'partners': partners}, stats
+  partners = np.stack([draw_partners(split.labels, rc.num_partners,
+                                     np.random.default_rng([seed, 2])) for seed in seeds])
+  orig = train.predict(model, params, split, eval_batch_size, seeds=True)
+  orig = {k: orig[k] for k in ('a_prob', 'v_prob')}
+  if rc.ensemble:
+    swapped = [{k: v.mean(0) for k, v in swapped_probs(
+        model, params, split, np.broadcast_to(p, partners.shape), rc.batch_size,
+        seeds=True).items()} for p in partners]
+    mean = {k: v.mean(0) for k, v in orig.items()}
+    orig = [mean] * len(seeds)
+  else:
+    out = swapped_probs(model, params, split, partners, rc.batch_size, seeds=True)
+    swapped = [{k: v[s] for k, v in out.items()} for s in range(len(seeds))]
+    orig = [{k: v[s] for k, v in orig.items()} for s in range(len(seeds))]
+  drops, per_seed = [], []
+  for s in range(len(seeds)):
+    drop_a, drop_v = refine_labels(orig[s], swapped[s], split.labels, rc.threshold,
+                                   rc.modalities)
+    stats = refinement_stats(split.labels, drop_a, drop_v, split.gt_a, split.gt_v)
+    stats.update(base_error_stats(orig[s], split.labels, rc.threshold))
+    drops.append((drop_a, drop_v))
+    per_seed.append(stats)
+  targets = {'drop_a': np.stack([d[0] for d in drops]), 'drop_v': np.stack([d[1] for d in drops]),
+             'partners': partners}
+  stats = {k: _mean_defined([p[k] for p in per_seed]) for k in per_seed[0]}
+  return targets, {**stats, 'seeds': list(seeds), 'per_seed': per_seed}

@@ -8,6 +8,7 @@ training stage continues after its last saved epoch.
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -17,30 +18,55 @@ from avvp_jax.data import Split, describe
 from avvp_jax.models import HAN
 
 
-def stage_targets(config, workdir: str, stage: str, labels: np.ndarray) -> dict[str, np.ndarray]:
-  """The training targets (N, 25) of a stage: the weak labels (base), or the refined ones
-  (final) from stage 2's drop masks in the workdir."""
+def seed_list(config) -> list[int]:
+  """The seeds of a run's models: config.seed, config.seed + 1, ..., `config.num_seeds` of
+  them. Seed s of a run computes what a one-seed run with `config.seed = s` computes."""
+  if config.num_seeds < 1:
+    raise ValueError(f'config.num_seeds must be at least 1, not {config.num_seeds}.')
+  return [config.seed + s for s in range(config.num_seeds)]
+
+
+def check_placement(config) -> str:
+  """Refuses, before any work, a seed count that the device mesh cannot place; else says
+  where the seeds go."""
+  seeds = seed_list(config)
+  mesh = train.make_mesh(len(seeds))
+  return (f'seeds {seeds} on {jax.device_count()} devices, mesh '
+          f'{" x ".join(f"{name} {size}" for name, size in mesh.shape.items())}')
+
+
+def stage_targets(config, workdir: str, stage: str, labels: np.ndarray,
+                  num_seeds: int) -> dict[str, np.ndarray]:
+  """The training targets (S, N, 25) of a stage, one set per seed: the weak labels (base), or
+  each seed's refined ones (final) from stage 2's drop masks in the workdir."""
   if stage == 'base':
-    return train.targets_from_labels(labels, config.loss)
+    targets = train.targets_from_labels(labels, config.loss)
+    return {k: np.stack([v] * num_seeds) for k, v in targets.items()}
   refined = wd.load_refined(workdir)
   if refined is None:
     raise FileNotFoundError(f'{wd.refine_dir(workdir)} holds no refined labels: run stage 2 '
                             'before the final stage.')
-  return train.targets_from_labels(labels, config.loss, refined['drop_a'], refined['drop_v'],
-                                   config.refine.audio_drop_clears_global)
+  if len(refined['drop_a']) != num_seeds:
+    raise ValueError(f'{wd.refine_dir(workdir)} holds the refined labels of '
+                     f'{len(refined["drop_a"])} seeds, not {num_seeds}.')
+  per_seed = [train.targets_from_labels(labels, config.loss, a, v,
+                                        config.refine.audio_drop_clears_global)
+              for a, v in zip(refined['drop_a'], refined['drop_v'])]
+  return {k: np.stack([t[k] for t in per_seed]) for k in per_seed[0]}
 
 
-def _mean_terms(terms: dict) -> dict:
-  return {k: float(np.mean(v)) for k, v in terms.items()}
+def _mean_terms(terms: dict, seed: int) -> dict:
+  return {k: float(np.mean(v[seed])) for k, v in terms.items()}
 
 
-def _check_finite(terms: dict, stage: str, epoch: int, last_good: str) -> None:
+def _check_finite(terms: dict, stage: str, epoch: int, seeds: list[int], last_good: str) -> None:
+  """terms: {name: (S, steps)}; the first step of the first seed with a non-finite loss."""
   bad = ~np.isfinite(terms['total'])
   if bad.any():
-    step = int(np.argmax(bad))
+    s, step = np.argwhere(bad)[0]
     raise FloatingPointError(
-        f'Stage {stage!r}, epoch {epoch}, step {step} of the epoch: the loss is '
-        f'{terms["total"][step]} ({ {k: float(v[step]) for k, v in terms.items()} }). '
+        f'Stage {stage!r}, seed {seeds[s]}, epoch {epoch}, step {step} of the epoch: the loss '
+        f'is {terms["total"][s, step]} ({ {k: float(v[s, step]) for k, v in terms.items()} }). '
         f'Last good checkpoint: {last_good}.')
 
 
@@ -48,85 +74,125 @@ def table_title(config, stage: str, split: str, data: str, detail: str) -> str:
   return f'{config.name} [{stage}] {split} on {data}, {detail}'
 
 
+def print_results(title: str, seeds: list[int], evaluations: list[dict]) -> dict:
+  """Prints the ten numbers (mean ± sd over the seeds, and each seed's where several);
+  returns `metrics.summarise_seeds(evaluations)`."""
+  summary = metrics.summarise_seeds(evaluations)
+  if len(seeds) > 1:
+    title += f', mean ± sd over {len(seeds)} seeds'
+  print(metrics.format_table(summary['results'], title=title, sd=summary['sd']))
+  if len(seeds) > 1:
+    print(metrics.format_seeds([e['results'] for e in evaluations], seeds, 'per seed:'))
+  return summary
+
+
+def _epoch_line(stage: str, epoch: int, epochs: int, records: list[dict]) -> str:
+  """One line per epoch: the loss and val Type@AV (mean ± sd over the seeds where several)."""
+  def show(values, fmt):
+    sd = f' ± {np.std(values):{fmt}}' if len(values) > 1 else ''
+    return f'{np.mean(values):{fmt}}{sd}'
+
+  val = {k: [r['val'][k] for r in records] for k in ('segment/type', 'event/type')}
+  return (f'[{stage}] epoch {epoch}/{epochs}  loss '
+          f'{show([r["train"]["total"] for r in records], ".4f")}  val Type@AV '
+          f'{show(val["segment/type"], ".1f")} / {show(val["event/type"], ".1f")} '
+          f'(segment / event)  {records[0]["seconds"]:.1f}s')
+
+
 def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
                 splits: dict[str, Split]) -> dict:
-  """Trains a fresh model of a stage ('base' or 'final') on its targets, or finds it done.
+  """Trains fresh models of a stage ('base' or 'final'), one per seed of `seed_list`, in one
+  vmapped program, on their targets; or finds them done.
 
-  Each epoch: train, evaluate val, append to metrics.jsonl, keep the best-val parameters,
-  checkpoint. At the end, evaluate test and write the stage's report_test.json (which marks
-  it finished). Returns the test results (the ten numbers).
+  Each epoch: train, evaluate val, append to metrics.jsonl (a record per seed), keep each
+  seed's best-val parameters, checkpoint. At the end, evaluate test and write the stage's
+  report_test.json (which marks it finished). Returns that report (`workdir.write_report`).
   """
   paths = wd.stage_paths(workdir, stage)
   report = wd.read_report(paths['report'])
   if report is not None:
     print(f'[{stage}] finished earlier ({paths["report"]}), not redone', flush=True)
-    return report['results']
-  targets = stage_targets(config, workdir, stage, splits['train'].labels)
+    return report
+  seeds = seed_list(config)
+  targets = stage_targets(config, workdir, stage, splits['train'].labels, len(seeds))
   tc = config.train
   model = HAN.from_config(config.model)
-  mesh = train.make_mesh()
+  mesh = train.make_mesh(len(seeds))
   schedule, tx, train_steps = train.make_training(
       model, ml_collections.FrozenConfigDict(tc), ml_collections.FrozenConfigDict(config.loss),
-      len(splits['train']), mesh)
-  init_rng, train_rng = jax.random.split(train.stage_rng(config.seed, stage))
-  replicated = NamedSharding(mesh, P())
-  state = jax.device_put(train.create_train_state(model, tx, init_rng), replicated)
-  data = train.device_arrays(splits['train'], targets, mesh)
+      len(splits['train']), mesh, seeds=True)
+  init_rngs, train_rngs = zip(*(jax.random.split(train.stage_rng(seed, stage))
+                                for seed in seeds))
+  stacked = NamedSharding(mesh, P('seed'))
+  state = jax.device_put(train.create_train_states(model, tx, init_rngs), stacked)
+  data = train.device_arrays(splits['train'], targets, mesh, seeds=True)
 
   with wd.StageCheckpoints(workdir, stage) as ckpt:
-    meta = {'epoch': 0, 'best_val': -1.0, 'best_epoch': 0}
+    meta = {'epoch': 0, 'best_val': [-1.0] * len(seeds), 'best_epoch': [0] * len(seeds)}
+    best = None  # Each seed's best-val parameters so far, (S, ...).
     restored = ckpt.restore(state)
     if restored is not None:
       state, meta = restored
-      state = jax.device_put(state, replicated)
+      best = ckpt.restore_best(state.params)
       print(f'[{stage}] resuming after epoch {meta["epoch"]} from {ckpt.directory}', flush=True)
     wd.truncate_metrics(workdir, stage, meta['epoch'])
     for epoch in range(meta['epoch'] + 1, tc.epochs + 1):
       start = time.perf_counter()
       state, terms = train.train_epoch(
-          state, train_steps, data, jax.random.fold_in(train_rng, epoch),
+          state, train_steps, data, jnp.stack([jax.random.fold_in(k, epoch) for k in train_rngs]),
           batch_size=tc.batch_size, steps_per_call=tc.steps_per_call, lr_fn=schedule,
           desc=f'{stage} {epoch}/{tc.epochs}')
-      _check_finite(terms, stage, epoch, f'{ckpt.directory} (epoch {meta["epoch"]})'
+      _check_finite(terms, stage, epoch, seeds, f'{ckpt.directory} (epoch {meta["epoch"]})'
                     if meta['epoch'] else 'none (the stage had not saved any epoch)')
-      val = train.evaluate_split(model, state.params, splits['val'], tc.eval_batch_size)
-      record = {'stage': stage, 'epoch': epoch, 'step': int(state.step),
-                'lr': float(schedule(int(state.step) - 1)), 'train': _mean_terms(terms),
-                'val': val['results'], 'seconds': time.perf_counter() - start}
-      print(f'[{stage}] epoch {epoch}/{tc.epochs}  loss {record["train"]["total"]:.4f}  '
-            f'val Type@AV {record["val"]["segment/type"]:.1f} / '
-            f'{record["val"]["event/type"]:.1f} (segment / event)  {record["seconds"]:.1f}s',
-            flush=True)
-      wd.append_metrics(workdir, record)
-      if record['val']['segment/type'] > meta['best_val']:
-        meta.update(best_val=record['val']['segment/type'], best_epoch=epoch)
-        ckpt.save_best(epoch, state.params)
+      vals = train.evaluate_split(model, state.params, splits['val'], tc.eval_batch_size,
+                                  seeds=True)
+      seconds = time.perf_counter() - start
+      step = int(np.ravel(state.step)[0])
+      records = [{'stage': stage, 'epoch': epoch, 'seed': seed, 'step': step,
+                  'lr': float(schedule(step - 1)), 'train': _mean_terms(terms, s),
+                  'val': val['results'], 'seconds': seconds}
+                 for s, (seed, val) in enumerate(zip(seeds, vals))]
+      print(_epoch_line(stage, epoch, tc.epochs, records), flush=True)
+      for record in records:
+        wd.append_metrics(workdir, record)
+      improved = np.array([r['val']['segment/type'] > b
+                           for r, b in zip(records, meta['best_val'])])
+      if improved.any():
+        best = state.params if best is None else jax.tree.map(
+            lambda p, b: jnp.where(improved.reshape((-1,) + (1,) * (p.ndim - 1)), p, b),
+            state.params, best)
+        best = jax.tree.map(jnp.copy, best)  # `state` is donated to the next epoch's steps.
+        for s in np.flatnonzero(improved):
+          meta['best_val'][s], meta['best_epoch'][s] = records[s]['val']['segment/type'], epoch
+        ckpt.save_best(epoch, best)
       meta['epoch'] = epoch
       ckpt.save(epoch, state, meta)
 
+  tests = train.evaluate_split(model, state.params, splits['test'], tc.eval_batch_size,
+                               seeds=True)
   data_name = describe(config.data)
-  test = train.evaluate_split(model, state.params, splits['test'], tc.eval_batch_size)
-  print(metrics.format_table(test['results'], title=table_title(
-      config, stage, 'test', data_name, f'epoch {tc.epochs}')))
-  wd.write_report(paths['report'], test['results'], split='test', num_clips=len(splits['test']),
-                  step=int(state.step), epoch=tc.epochs, config_name=config.name, data=data_name,
-                  per_class_audio=test['per_class_audio'],
-                  per_class_visual=test['per_class_visual'])
-  return test['results']
+  summary = print_results(table_title(config, stage, 'test', data_name, f'epoch {tc.epochs}'),
+                          seeds, tests)
+  wd.write_report(paths['report'], summary, seeds=seeds, per_seed=tests, split='test',
+                  num_clips=len(splits['test']), step=int(np.ravel(state.step)[0]),
+                  epoch=tc.epochs, config_name=config.name, data=data_name)
+  return wd.read_report(paths['report'])
 
 
 def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
-  """Stage 2: refined targets on the train split from the frozen base model (the last or the
-  best-val epoch, `config.train.base_selection`), saved in the workdir; or found there.
-  Returns the statistics."""
+  """Stage 2: refined targets on the train split, one set per seed, from the frozen base
+  models (the last or the best-val epoch, `config.train.base_selection`), saved in the
+  workdir; or found there. Returns the statistics."""
   done = wd.load_refined(workdir)
   if done is not None:
     print(f'[refine] found in {wd.refine_dir(workdir)}, not redone', flush=True)
     return done['stats']
   params, _ = wd.restore_params(workdir, 'base', config.train.base_selection)
+  seeds = seed_list(config)
   targets, stats = refine.refine_targets(
-      HAN.from_config(config.model), params, splits['train'], config.refine, seed=config.seed,
+      HAN.from_config(config.model), params, splits['train'], config.refine, seeds=seeds,
       eval_batch_size=config.train.eval_batch_size)
-  print(refine.format_stats(stats))
+  for seed, seed_stats in zip(seeds, stats['per_seed']):
+    print((f'seed {seed}: ' if len(seeds) > 1 else '') + refine.format_stats(seed_stats))
   wd.save_refined(workdir, targets, stats)
   return stats

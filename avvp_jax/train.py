@@ -36,10 +36,59 @@ class TrainState:
   opt_state: Any
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over all devices with the batch ('data') axis."""
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def seed_devices(num_seeds: int, num_devices: int) -> int:
+  """How many devices the `seed` axis spans: S seeds on D devices take min(S, D), which must
+  divide the other, so that every device holds as many seeds and as much of each batch."""
+  if num_seeds < 1:
+    raise ValueError(f'num_seeds must be at least 1, not {num_seeds}.')
+  if num_seeds % num_devices and num_devices % num_seeds:
+    fits = sorted({d for d in range(1, num_devices + 1) if num_devices % d == 0}
+                  | {num_devices * 2, num_devices * 4})
+    raise ValueError(
+        f'num_seeds = {num_seeds} cannot be placed on {num_devices} devices: the seeds are '
+        f'sharded over the devices, so one count must divide the other (e.g. num_seeds in '
+        f'{fits}).')
+  return min(num_seeds, num_devices)
+
+
+def make_mesh(num_seeds: int = 1) -> Mesh:
+  """A 2-D mesh over all devices: a `seed` axis over which stacked models are sharded
+  (`seed_devices`), and a `data` axis along which batches are sharded."""
+  s = seed_devices(num_seeds, jax.device_count())
+  return jax.make_mesh((s, jax.device_count() // s), ('seed', 'data'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def _stacked_leaves(axes, arg):
+  """The leaves of `arg` that `axes` (0, None, or a dict of those) marks as stacked."""
+  if isinstance(axes, dict):
+    return [x for k in axes for x in _stacked_leaves(axes[k], arg[k])]
+  return [] if axes is None else jax.tree.leaves(arg)
+
+
+def _unstack(axes, arg):
+  if isinstance(axes, dict):
+    return {k: _unstack(axes[k], arg[k]) for k in axes}
+  return arg if axes is None else jax.tree.map(lambda x: x[0], arg)
+
+
+def over_seeds(fn: Callable, in_axes: tuple) -> Callable:
+  """`fn` of one model -> `fn` of S models stacked on a leading axis of its arguments and its
+  outputs. `in_axes` as `jax.vmap`'s, one entry per argument: 0 (stacked), None (shared), or
+  a dict of those for a dict argument.
+
+  S > 1 is a `jax.vmap` whose stacked axis is sharded over the mesh's `seed` axis. S = 1 is
+  `fn` itself on the arguments without that axis: a vmap of size 1 sums in another order
+  (parameters 3e-4 apart after 6 steps), and one seed must compute what a one-model run does.
+  """
+  def stacked(*args):
+    sizes = {x.shape[0] for ax, arg in zip(in_axes, args) for x in _stacked_leaves(ax, arg)}
+    if sizes != {1}:
+      return jax.vmap(fn, in_axes=in_axes, spmd_axis_name='seed')(*args)
+    out = fn(*(_unstack(ax, arg) for ax, arg in zip(in_axes, args)))
+    return jax.tree.map(lambda x: x[None], out)
+
+  return stacked
 
 
 def steps_per_epoch(num_clips: int, batch_size: int) -> int:
@@ -75,15 +124,16 @@ def train_state(params, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def device_arrays(split: Split, targets: dict[str, np.ndarray], mesh: Mesh) -> dict:
-  """The split's model inputs and training targets, replicated on the mesh.
+def device_arrays(split: Split, targets: dict[str, np.ndarray], mesh: Mesh,
+                  seeds: bool = False) -> dict:
+  """The split's model inputs and training targets on the mesh.
 
   Returns {'audio': (N, T, 128), 'video_2d': (N, T, 2048), 'video_3d': (N, T, 512),
-  'y_global' | 'y_a' | 'y_v': (N, 25)}.
+  'y_global' | 'y_a' | 'y_v': (N, 25)}, replicated. With `seeds`, the targets are those of
+  S models, (S, N, 25), sharded over the `seed` axis.
   """
-  host = {k: getattr(split, k) for k in INPUTS}
-  host.update(targets)
-  return jax.device_put(host, NamedSharding(mesh, P()))
+  inputs = jax.device_put({k: getattr(split, k) for k in INPUTS}, NamedSharding(mesh, P()))
+  return {**inputs, **jax.device_put(targets, NamedSharding(mesh, P('seed' if seeds else None)))}
 
 
 def loss_fn(params, model: HAN, loss_config, batch: dict, rng) -> tuple[jax.Array, dict]:
@@ -144,7 +194,7 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
   if not seeds:
     return schedule, tx, jax.jit(train_steps, donate_argnums=0)
   data_axes = {**{k: None for k in INPUTS}, **{k: 0 for k in TARGETS}}
-  return schedule, tx, jax.jit(jax.vmap(train_steps, in_axes=(0, data_axes, 0, 0, None, None)),
+  return schedule, tx, jax.jit(over_seeds(train_steps, (0, data_axes, 0, 0, None, None)),
                                donate_argnums=0)
 
 
@@ -211,21 +261,34 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
                  for k in history[0]}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(model: HAN, params, audio, video_2d, video_3d) -> dict:
+def _outputs(model: HAN, params, audio, video_2d, video_3d) -> dict:
   out = model.apply({'params': params}, audio, video_2d, video_3d, train=False)
   return {k: out[k] for k in ('global_prob', 'a_prob', 'v_prob', 'frame_prob')}
 
 
-def predict(model: HAN, params, split: Split, batch_size: int) -> dict[str, np.ndarray]:
+_forward = jax.jit(_outputs, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_seeds(model: HAN, params, audio, video_2d, video_3d) -> dict:
+  return over_seeds(functools.partial(_outputs, model), (0, None, None, None))(
+      params, audio, video_2d, video_3d)
+
+
+def predict(model: HAN, params, split: Split, batch_size: int,
+            seeds: bool = False) -> dict[str, np.ndarray]:
   """Eval-mode outputs for a whole split, in fixed-size (padded) batches.
 
-  Returns host arrays: global_prob, a_prob, v_prob (N, 25); frame_prob (N, T, 2, 25).
+  Returns host arrays: global_prob, a_prob, v_prob (N, 25); frame_prob (N, T, 2, 25). With
+  `seeds`, `params` are S models stacked on a leading axis, and each output gains it: (S, N, 25)
+  ... (S, N, T, 2, 25).
   """
-  mesh = make_mesh()
-  batch_size = -(-batch_size // mesh.size) * mesh.size  # Shardable along 'data'.
+  num_seeds = jax.tree.leaves(params)[0].shape[0] if seeds else 1
+  mesh = make_mesh(num_seeds)
+  batch_size = -(-batch_size // mesh.shape['data']) * mesh.shape['data']  # Shardable.
   batch_sharding = NamedSharding(mesh, P('data'))
-  params = jax.device_put(params, NamedSharding(mesh, P()))
+  params = jax.device_put(params, NamedSharding(mesh, P('seed' if seeds else None)))
+  forward = _forward_seeds if seeds else _forward
   n = len(split)
   outs = []
   for start in range(0, n, batch_size):
@@ -233,19 +296,29 @@ def predict(model: HAN, params, split: Split, batch_size: int) -> dict[str, np.n
     pad = batch_size - len(inputs[0])
     if pad:  # One shape for every batch: no recompilation for the last one.
       inputs = [np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) for x in inputs]
-    outs.append(_forward(model, params, *jax.device_put(inputs, batch_sharding)))
-  return {k: np.concatenate([np.asarray(o[k]) for o in outs])[:n] for k in outs[0]}
+    outs.append(forward(model, params, *jax.device_put(inputs, batch_sharding)))
+  axis = 1 if seeds else 0
+  return {k: np.concatenate([np.asarray(o[k]) for o in outs], axis).take(np.arange(n), axis)
+          for k in outs[0]}
 
 
-def evaluate_split(model: HAN, params, split: Split, batch_size: int) -> dict:
-  """The ten numbers of METHOD.md section 5 and per-class segment F on a split with truth."""
-  out = predict(model, params, split, batch_size)
+def _scores(out: dict, split: Split) -> dict:
   pred_a, pred_v = metrics.segment_predictions(out['frame_prob'], out['a_prob'], out['v_prob'])
   return {
       'results': metrics.evaluate(pred_a, pred_v, split.gt_a, split.gt_v),
       'per_class_audio': metrics.per_class_f(pred_a, split.gt_a),
       'per_class_visual': metrics.per_class_f(pred_v, split.gt_v),
   }
+
+
+def evaluate_split(model: HAN, params, split: Split, batch_size: int, seeds: bool = False):
+  """The ten numbers of METHOD.md section 5 and per-class segment F on a split with truth:
+  {'results', 'per_class_audio', 'per_class_visual'}; with `seeds` (stacked `params`), a list
+  of those, one per model."""
+  out = predict(model, params, split, batch_size, seeds)
+  if not seeds:
+    return _scores(out, split)
+  return [_scores({k: v[m] for k, v in out.items()}, split) for m in range(len(out['a_prob']))]
 
 
 def targets_from_labels(labels: np.ndarray, loss_config, drop_a=None, drop_v=None,

@@ -2,13 +2,17 @@
 
   <workdir>/
     config.json             the run's config; another config is refused (`check_or_save_config`)
-    metrics.jsonl           one record per epoch and training stage
+    metrics.jsonl           one record per epoch, training stage and seed
     .lock                   held by the live run (`hold`); a dead run's lock is released by the OS
     base/checkpoints/       Orbax: train state + meta of the last epoch (resume)
     base/best/              Orbax: parameters of the best validation epoch
-    base/report_test.json   the test report, which marks the stage finished
+    base/report_test.json   the test report (mean, sd and each seed), which marks the stage
+                            finished
     refine/                 Orbax: drop_a, drop_v, partners and the statistics
     final/...               as base/
+
+Every model, refined label set and report holds all `config.num_seeds` seeds: the arrays are
+stacked on a leading axis of S (1 in a one-seed run).
 
 Every file is written whole or not at all (`atomic_write`, Orbax's own commit), except
 metrics.jsonl, which is appended to and whose line cut by a kill the next run drops
@@ -127,7 +131,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: {workdir} is not a workdir of launch/main.py.')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  if 'num_seeds' not in config:
+    raise ValueError(f'{path} has no num_seeds: {workdir} was written by an avvp-jax from '
+                     'before several seeds per run, whose checkpoints this one cannot read. '
+                     'Rerun launch/main.py in a new workdir.')
+  return config
 
 
 # Paths.
@@ -199,14 +208,16 @@ def _per_class_dict(values):
   return {name: None if math.isnan(float(v)) else float(v) for name, v in zip(CLASSES, values)}
 
 
-def write_report(path: str, results: dict, *, split: str, num_clips: int, step, config_name: str,
-                 data: str, model: str = 'last', epoch=None, per_class_audio=None,
-                 per_class_visual=None) -> None:
-  """Writes an evaluation report as JSON, atomically.
+def write_report(path: str, summary: dict, *, seeds: list[int], per_seed: list[dict],
+                 split: str, num_clips: int, step, config_name: str, data: str,
+                 model: str = 'last', epoch=None) -> None:
+  """Writes an evaluation report of the models of one or more seeds as JSON, atomically.
 
-  `data` names the data source; `model` and `epoch` say which checkpoint was evaluated
-  ('last' or 'best_val'); `step` is its train step where known. Per-class fields are
-  {class_name: F or null}, or null when not given.
+  `summary` is `metrics.summarise_seeds(per_seed)`: `results` and the per-class fields are the
+  means over the seeds, `sd` their sd (null for one seed); `per_seed` holds each seed's own
+  {'results', 'per_class_audio', 'per_class_visual'}. `data` names the data source; `model`
+  and `epoch` say which checkpoint was evaluated ('last' or 'best_val'); `step` is its train
+  step where known. Per-class fields are {class_name: F or null}.
   """
   report = {
       'split': split,
@@ -216,9 +227,15 @@ def write_report(path: str, results: dict, *, split: str, num_clips: int, step, 
       'num_clips': int(num_clips),
       'step': None if step is None else int(step),
       'config_name': config_name,
-      'results': {key: float(value) for key, value in results.items()},
-      'per_class_audio': _per_class_dict(per_class_audio),
-      'per_class_visual': _per_class_dict(per_class_visual),
+      'seeds': [int(s) for s in seeds],
+      'results': {key: float(value) for key, value in summary['results'].items()},
+      'sd': None if summary['sd'] is None else {k: float(v) for k, v in summary['sd'].items()},
+      'per_class_audio': _per_class_dict(summary['per_class_audio']),
+      'per_class_visual': _per_class_dict(summary['per_class_visual']),
+      'per_seed': [{'seed': int(seed), 'results': {k: float(v) for k, v in e['results'].items()},
+                    'per_class_audio': _per_class_dict(e['per_class_audio']),
+                    'per_class_visual': _per_class_dict(e['per_class_visual'])}
+                   for seed, e in zip(seeds, per_seed, strict=True)],
   }
   atomic_write(path, json.dumps(report, indent=2, allow_nan=False) + '\n')
 
@@ -271,7 +288,9 @@ def checkpoint_dir(workdir: str, stage: str, which: str = 'last') -> str:
 
 
 def restore_params(workdir: str, stage: str, which: str = 'last'):
-  """(params, epoch) of a training stage: its last epoch or its best validation epoch."""
+  """(params, epoch) of a training stage: its last epoch or its best validation epoch. The
+  parameters are those of every seed, stacked on a leading axis (S, ...); `epoch` is the
+  checkpoint's (for best_val, the last epoch at which a seed improved)."""
   directory = checkpoint_dir(workdir, stage, which)
   if which == 'best_val':
     return _restore_latest(directory, 'params')
@@ -292,7 +311,9 @@ class StageCheckpoints:
   """The two Orbax managers of a training stage, closed on every exit (a NaN included).
 
   `checkpoints/` keeps the train state and meta of the last epoch (the resume point);
-  `best/` the parameters of the best validation epoch. Use as a context manager.
+  `best/` the parameters of the best validation epoch. Both hold the models of all seeds,
+  stacked on a leading axis; meta's `best_val` and `best_epoch` hold one entry per seed. Use
+  as a context manager.
   """
 
   def __init__(self, workdir: str, stage: str):
@@ -329,13 +350,21 @@ class StageCheckpoints:
         state=ocp.args.StandardRestore(
             jax.tree.map(ocp.utils.to_shape_dtype_struct, like)), meta=ocp.args.JsonRestore()))
     self._drop_best_after(restored.meta['epoch'])
-    best_epoch = restored.meta['best_epoch']
-    if best_epoch and best_epoch not in self._best.all_steps():
+    best_saved = max(restored.meta['best_epoch'])  # Any seed's new best saves them all.
+    if best_saved and best_saved not in self._best.all_steps():
       raise RuntimeError(
-          f'{self.directory} (epoch {restored.meta["epoch"]}) names epoch {best_epoch} as the '
-          f'best on val, but {self._best.directory} holds epochs {self._best.all_steps()}: '
+          f'{self.directory} (epoch {restored.meta["epoch"]}) names epoch {best_saved} as the '
+          f'last best on val, but {self._best.directory} holds epochs {self._best.all_steps()}: '
           'the stage cannot resume its best-val model; delete the stage folder to redo it.')
     return restored.state, restored.meta
+
+  def restore_best(self, like):
+    """The best-val parameters saved last, placed as `like`, or None if none was saved."""
+    step = self._best.latest_step()
+    if step is None:
+      return None
+    return self._best.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(
+        jax.tree.map(ocp.utils.to_shape_dtype_struct, like)))).params
 
   def _drop_best_after(self, epoch: int) -> None:
     for step in self._best.all_steps():
@@ -343,6 +372,7 @@ class StageCheckpoints:
         self._best.delete(step)
 
   def save_best(self, epoch: int, params) -> None:
+    """Saves the best-val parameters of every seed (each from its own best epoch so far)."""
     self._best.save(epoch, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
 
   def save(self, epoch: int, state, meta: dict) -> None:
@@ -360,7 +390,8 @@ class StageCheckpoints:
 
 
 def save_refined(workdir: str, targets: dict[str, np.ndarray], stats: dict) -> None:
-  """Saves stage 2's output: {drop_a, drop_v (N, 25) bool, partners (N, K) int}, stats."""
+  """Saves stage 2's output, one per seed: {drop_a, drop_v (S, N, 25) bool, partners (S, N, K)
+  int}, stats."""
   with ocp.CheckpointManager(refine_dir(workdir), options=_options()) as mngr:
     mngr.save(0, args=ocp.args.Composite(targets=ocp.args.StandardSave(targets),
                                          stats=ocp.args.JsonSave(stats)))

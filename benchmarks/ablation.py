@@ -1,20 +1,22 @@
-"""The paper's ablations (Tables 2, 3, 4) and the K-partner study, over seeds.
+"""The paper's ablations (Tables 2, 3, 4), the K-partner study and the ensemble refinement,
+over seeds.
 
-  python benchmarks/ablation.py [--seeds=0,1,2] [--tables=2,3,4,k] [--workdir=workdirs/ablation]
+  python benchmarks/ablation.py [--num_seeds=3] [--seed=0] [--tables=2,3,4,k,e]
+                                [--workdir=workdirs/ablation]
 
 Every run is `configs/ma.py` (the main command's regime: built-in data, builtin schedule) with
-the overrides of RUNS. Runs that differ only in stage 2 (`refine.*`) share one stage 1: it is
-trained once and copied. Every run resumes where it stopped. Writes, per table, the mean ± sd
-over seeds of the ten numbers and the refinement's statistics into benchmarks/RESULTS.md,
-between the ablation markers.
+the overrides of RUNS, and trains its `num_seeds` seeds (seed, seed + 1, ...) in one program
+(`config.num_seeds`). Runs that differ only in stage 2 (`refine.*`) share one stage 1: it is
+trained once and copied. Every run resumes where it stopped. Writes each table (the mean ± sd
+over seeds of the ten numbers and of the refinement's statistics, and how long its runs
+trained) into benchmarks/RESULTS.md between that table's markers, leaving the other tables.
 """
 
-import json
 import os
 import shutil
 import sys
+import time
 
-import numpy as np
 from absl import app, flags, logging
 
 # The configs live beside the library, not in it: make the repository root importable.
@@ -23,7 +25,6 @@ from avvp_jax import metrics, pipeline, workdir as wd  # pylint: disable=g-impor
 from benchmarks import markdown  # pylint: disable=g-import-not-at-top
 from configs import ma  # pylint: disable=g-import-not-at-top
 
-MARKERS = ('<!-- ablation:start -->', '<!-- ablation:end -->')
 # run name: (config argument, overrides, run whose stage 1 it shares or None)
 RUNS = {
     'r': ('r', {}, None),
@@ -35,6 +36,7 @@ RUNS = {
     'cr_tau0.4': ('cr', {'loss.tau': 0.4}, None),
     'cr_k4': ('cr', {'refine.num_partners': 4}, 'cr'),
     'cr_k16': ('cr', {'refine.num_partners': 16}, 'cr'),
+    'cr_ensemble': ('cr', {'refine.ensemble': True}, 'cr'),
 }
 # table: (title, rows of (label, run, stage whose test report is the row))
 TABLES = {
@@ -51,32 +53,45 @@ TABLES = {
     'k': ('K partners per clip (MA)', (
         ('K = 1 (paper)', 'cr', 'final'), ('K = 4', 'cr_k4', 'final'),
         ('K = 16', 'cr_k16', 'final'))),
+    'e': ('Refinement by each seed\'s model or by the ensemble of all seeds (MA)', (
+        ('each seed (default)', 'cr', 'final'), ('ensemble of the seeds', 'cr_ensemble', 'final'))),
 }
 STAT_KEYS = ('audio/dropped', 'audio/precision', 'audio/recall',
              'visual/dropped', 'visual/precision', 'visual/recall',
              'audio/error_classes', 'visual/error_classes')
 
 
-def make_config(run: str, seed: int):
+def markers(table: str) -> tuple[str, str]:
+  return f'<!-- ablation:{table}:start -->', f'<!-- ablation:{table}:end -->'
+
+
+def make_config(run: str, seed: int, num_seeds: int):
   arg, overrides, _ = RUNS[run]
   config = ma.get_config(arg)
   config.seed = seed
+  config.num_seeds = num_seeds
   config.update_from_flattened_dict(overrides)
   return config
 
 
-def run_pipeline(run: str, seed: int, workdir: str, shared_base: str | None) -> None:
-  """Runs (or resumes) one pipeline, copying a shared stage 1 into a new workdir first."""
+def run_pipeline(run: str, config, workdir: str, shared_base: str | None) -> float:
+  """Runs (or resumes) one pipeline, copying a shared stage 1 into a new workdir first;
+  returns the wall minutes of this call."""
   if shared_base and not os.path.exists(workdir):
     os.makedirs(workdir)
     shutil.copytree(os.path.join(shared_base, 'base'), os.path.join(workdir, 'base'))
-  print(f'=== seed {seed}: {run} -> {workdir}', flush=True)
-  pipeline.run(make_config(run, seed), workdir)
+  print(f'=== {run}, seeds {config.seed}..{config.seed + config.num_seeds - 1} -> {workdir}',
+        flush=True)
+  start = time.perf_counter()
+  pipeline.run(config, workdir)
+  return (time.perf_counter() - start) / 60
 
 
 def training_minutes(workdir: str) -> float:
-  """The epochs this workdir trained itself (a copied stage 1 is not counted), in minutes."""
-  return sum(r['seconds'] for r in wd.read_metrics(workdir)) / 60
+  """The epochs this workdir trained itself (a copied stage 1 is not counted), in minutes; an
+  epoch trains all seeds at once and logs one record per seed with its time."""
+  epochs = {(r['stage'], r['epoch']): r['seconds'] for r in wd.read_metrics(workdir)}
+  return sum(epochs.values()) / 60
 
 
 def runs_of(tables: list[str]) -> list[str]:
@@ -86,19 +101,34 @@ def runs_of(tables: list[str]) -> list[str]:
   return [r for r in RUNS if r in needed]
 
 
-def _report(workdir: str, stage: str) -> dict:
-  with open(wd.stage_paths(workdir, stage)['report']) as f:
-    return json.load(f)['results']
+def _per_seed(workdir: str, stage: str) -> list[dict]:
+  report = wd.read_report(wd.stage_paths(workdir, stage)['report'])
+  return [p['results'] for p in report['per_seed']]
 
 
-def table_section(title: str, rows, workdirs: list[dict[str, str]]) -> list[str]:
-  """One table: the ten numbers per row, then the refinement statistics of its runs."""
+def table_section(table: str, workdirs: dict[str, str], seeds: list[int]) -> str:
+  """One table: the setting and training time, the ten numbers per row, then the refinement
+  statistics of its runs; mean ± sd over the seeds."""
+  title, rows = TABLES[table]
+  config = ma.get_config()
+  d, tc = config.data.synthetic, config.train
+  runs = runs_of([table])
+  lines = [
+      f'### {title}', '',
+      f'Built-in synthetic LLP: {d.num_train} train / {d.num_val} val / {d.num_test} test clips; '
+      f'{tc.epochs} epochs per training stage, lr x0.1 every {tc.lr_decay_every}; seeds '
+      f'{", ".join(map(str, seeds))}, trained in one program per run (mean ± sd over seeds; F '
+      'in %, test split). Training time of all seeds together (epochs and their validation, '
+      'from metrics.jsonl; a copied stage 1 counts in the run that trained it): ' + ', '.join(
+          f'{run} {training_minutes(workdirs[run]):.1f} min' for run in runs)
+      + f'; {sum(training_minutes(workdirs[run]) for run in runs):.1f} min for the table.', '']
   keys = [f'{level}/{key}' for level, _ in metrics.LEVELS for key, _ in metrics.COLUMNS]
   names = [f'{level} {name}' for level, _ in metrics.LEVELS for _, name in metrics.COLUMNS]
-  lines = [f'### {title}', '', *markdown.header(['Variant'] + names)]
+  lines += markdown.header(['Variant'] + names)
   for label, run, stage in rows:
-    reports = [_report(w[run], stage) for w in workdirs]
-    lines.append(markdown.row([label] + [markdown.mean_sd([r[k] for r in reports]) for k in keys]))
+    per_seed = _per_seed(workdirs[run], stage)
+    lines.append(markdown.row([label] + [markdown.mean_sd([r[k] for r in per_seed])
+                                         for k in keys]))
   refined = list(dict.fromkeys(run for _, run, stage in rows if stage == 'final'))
   if refined:
     lines += ['', 'Refinement of those runs on the train split, against its dense truth '
@@ -106,25 +136,10 @@ def table_section(title: str, rows, workdirs: list[dict[str, str]]) -> list[str]
               'frozen stage-1 model errs on its training clips):', '',
               *markdown.header(('Run',) + STAT_KEYS)]
     for run in refined:
-      stats = [wd.load_refined(w[run])['stats'] for w in workdirs]
+      stats = wd.load_refined(workdirs[run])['stats']['per_seed']
       lines.append(markdown.row([run] + [markdown.mean_sd([s[k] for s in stats])
                                          for k in STAT_KEYS]))
-  return lines
-
-
-def summarise(tables: list[str], workdirs: list[dict[str, str]], seeds: list[str]) -> str:
-  config = ma.get_config()
-  d, tc = config.data.synthetic, config.train
-  lines = [f'Built-in synthetic LLP: {d.num_train} train / {d.num_val} val / {d.num_test} test '
-           f'clips; {tc.epochs} epochs per training stage, lr x0.1 every {tc.lr_decay_every}; '
-           f'seeds {", ".join(seeds)} (mean ± sd over seeds; F in %, test split). '
-           'Training time per seed (epochs and their validation, from metrics.jsonl; 2 CPU '
-           'cores): ' + ', '.join(
-               f'{run} {np.mean([training_minutes(w[run]) for w in workdirs]):.1f} min'
-               for run in runs_of(tables)) + '.', '']
-  for t in tables:
-    lines += table_section(*TABLES[t], workdirs) + ['']
-  return '\n'.join(lines).rstrip()
+  return '\n'.join(lines)
 
 
 def main(argv):
@@ -134,24 +149,26 @@ def main(argv):
   unknown = set(args.tables) - set(TABLES)
   if unknown:
     raise app.UsageError(f'Unknown tables {sorted(unknown)}; choose from {sorted(TABLES)}.')
-  workdirs = []
-  for seed in map(int, args.seeds):
-    dirs = {}
-    for run in runs_of(args.tables):
-      dirs[run] = os.path.join(args.workdir, f'{run}_seed{seed}')
-      shared = RUNS[run][2]
-      run_pipeline(run, seed, dirs[run], dirs[shared] if shared else None)
-    workdirs.append(dirs)
-  body = summarise(args.tables, workdirs, args.seeds)
-  print(body)
-  markdown.replace_section(args.results, body, MARKERS, '## Ablations')
+  workdirs = {}
+  for run in runs_of(args.tables):
+    workdirs[run] = os.path.join(args.workdir, run)
+    shared = RUNS[run][2]
+    minutes = run_pipeline(run, make_config(run, args.seed, args.num_seeds), workdirs[run],
+                           workdirs[shared] if shared else None)
+    print(f'=== {run}: {minutes:.1f} min', flush=True)
+  seeds = list(range(args.seed, args.seed + args.num_seeds))
+  for table in args.tables:
+    body = table_section(table, workdirs, seeds)
+    print(body)
+    markdown.replace_section(args.results, body, markers(table), '## Ablations')
 
 
 if __name__ == '__main__':
-  # Defined here, not on import: tests and regime.py import this module's tables.
-  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Model seeds (the data set is fixed).')
-  flags.DEFINE_list('tables', ['2', '3', '4', 'k'], 'Which tables to run.')
+  # Defined here, not on import: tests import this module's tables.
+  flags.DEFINE_integer('seed', 0, 'The first model seed (the data set is fixed).')
+  flags.DEFINE_integer('num_seeds', 3, 'Seeds per run, trained in one program.')
+  flags.DEFINE_list('tables', ['2', '3', '4', 'k', 'e'], 'Which tables to run.')
   flags.DEFINE_string('workdir', 'workdirs/ablation', 'Where the runs go.')
   flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
-                      'The Markdown file whose ablation section is rewritten.')
+                      'The Markdown file whose sections of these tables are rewritten.')
   app.run(main)

@@ -4,8 +4,7 @@
 
 MA (`configs/ma.py:cr`) for every training-split size x stage-1 schedule x `base_selection`
 (stage 3 uses the same schedule, as in the method). The `best_val` cell reuses the stage 1 of
-its `last` cell. A cell whose config equals a run of `benchmarks/ablation.py` (`--reuse`) is
-copied from it. Writes a table into benchmarks/RESULTS.md between the regime markers and the
+its `last` cell. Writes a table into benchmarks/RESULTS.md between the regime markers and the
 figure benchmarks/regime.png.
 """
 
@@ -45,30 +44,16 @@ def cell_dir(root: str, size: int, epochs: int, step: int, selection: str, seed:
   return os.path.join(root, f'n{size}_e{epochs}s{step}_{selection}_seed{seed}')
 
 
-def run_cell(size: int, epochs: int, step: int, selection: str, seed: int, root: str,
-             reuse: str) -> str:
-  """Runs (or resumes) one cell under `root`; returns its workdir. A finished run of the same
-  config in `reuse` (ablation.py's `cr_seed<seed>`) is copied instead of trained again."""
+def run_cell(size: int, epochs: int, step: int, selection: str, seed: int, root: str) -> str:
+  """Runs (or resumes) one cell under `root`; returns its workdir."""
   name = lambda sel: cell_dir(root, size, epochs, step, sel, seed)
   workdir, config = name(selection), cell_config(size, epochs, step, selection, seed)
-  if not os.path.exists(workdir):
-    same = os.path.join(reuse, f'cr_seed{seed}')
-    if _same_config(same, config):
-      print(f'=== {workdir}: copied from {same}', flush=True)
-      shutil.copytree(same, workdir)
-    elif selection != 'last':  # Stage 1 does not depend on base_selection.
-      os.makedirs(workdir)
-      shutil.copytree(os.path.join(name('last'), 'base'), os.path.join(workdir, 'base'))
+  if not os.path.exists(workdir) and selection != 'last':  # Stage 1 ignores base_selection.
+    os.makedirs(workdir)
+    shutil.copytree(os.path.join(name('last'), 'base'), os.path.join(workdir, 'base'))
   print(f'=== {workdir}', flush=True)
   pipeline.run(config, workdir)
   return workdir
-
-
-def _same_config(workdir: str, config) -> bool:
-  if not os.path.exists(wd.stage_paths(workdir, 'final')['report']):
-    return False
-  with open(os.path.join(workdir, wd.CONFIG_FILE)) as f:
-    return json.load(f) == json.loads(config.to_json())
 
 
 def cell_numbers(workdir: str) -> dict:
@@ -159,7 +144,7 @@ def main(argv):
       for label, epochs, step in SCHEDULES:
         for selection in SELECTIONS:
           if args.train:
-            workdir = run_cell(size, epochs, step, selection, seed, args.workdir, args.reuse)
+            workdir = run_cell(size, epochs, step, selection, seed, args.workdir)
           else:
             workdir = cell_dir(args.workdir, size, epochs, step, selection, seed)
             if not os.path.exists(wd.stage_paths(workdir, 'final')['report']):
@@ -184,7 +169,6 @@ if __name__ == '__main__':
   flags.DEFINE_list('seeds', ['0'], 'Model seeds (the data set is fixed per size).')
   flags.DEFINE_list('sizes', ['500', '1000', '2000'], 'Training clips.')
   flags.DEFINE_string('workdir', 'workdirs/regime', 'Where the runs go.')
-  flags.DEFINE_string('reuse', 'workdirs/ablation', 'Workdirs of ablation.py to reuse.')
   flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
                       'The Markdown file whose regime section is rewritten.')
   flags.DEFINE_bool('train', True, 'Train the cells that are not finished; with --notrain, '

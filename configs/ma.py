@@ -61,6 +61,9 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = f'ma:{variant}' + ('' if schedule == 'builtin' else f',{schedule}')
   config.seed = 0
+  # Models trained side by side in one vmapped program, with seeds seed, seed + 1, ...; every
+  # number is then reported as mean ± sd over them, and per seed.
+  config.num_seeds = 1
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'synthetic'  # 'synthetic' (built in) or 'llp' (the public release).
@@ -120,6 +123,9 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   config.refine.modalities = 'both'  # 'audio', 'visual' or 'both' (Table 3).
   config.refine.num_partners = 1  # K; 1 is the paper.
   config.refine.threshold = 0.5
+  # With several seeds: apply the rule to the mean probabilities of all seeds' stage-1 models
+  # (on each seed's partners) instead of each seed's own model.
+  config.refine.ensemble = False
   # Reference detail: dropping an audio label also zeroes the clip-level target y[c].
   config.refine.audio_drop_clears_global = True
   config.refine.batch_size = 1024

@@ -4,8 +4,9 @@
 
 For each training stage (base, final) that has saved a checkpoint, finished or not, it
 restores the last epoch (`--model=last`) or the best validation epoch so far
-(`--model=best_val`), prints the table of METHOD.md section 5,
-on the data source of the workdir's config, and per-class F, and writes
+(`--model=best_val`) of every seed, prints the table of METHOD.md section 5 (mean ± sd over
+the seeds, and each seed's) on the data source of the workdir's config, and per-class F
+(means over the seeds), and writes
 eval_<split>.json (eval_<split>_best_val.json) beside the checkpoints (not
 report_test.json, which marks a finished stage for the pipeline).
 """
@@ -35,22 +36,24 @@ def main(argv):
   split = load_splits(config.data)[split_name]
   data_name = describe(config.data)
   model = HAN.from_config(config.model)
+  seeds = stages.seed_list(config)
   found = False
   for stage in wd.TRAINING_STAGES:
     if wd.checkpoint_epoch(workdir, stage, which) is None:
       continue
     found = True
     params, epoch = wd.restore_params(workdir, stage, which)
-    result = train.evaluate_split(model, params, split, config.train.eval_batch_size)
-    print(metrics.format_table(result['results'], title=stages.table_title(
-        config, stage, split_name, data_name, f'{which} model (epoch {epoch})')))
-    print(metrics.format_per_class(result['per_class_audio'], result['per_class_visual']))
+    evaluations = train.evaluate_split(model, params, split, config.train.eval_batch_size,
+                                       seeds=True)
+    summary = stages.print_results(stages.table_title(
+        config, stage, split_name, data_name, f'{which} model (epoch {epoch})'), seeds,
+        evaluations)
+    print(metrics.format_per_class(summary['per_class_audio'], summary['per_class_visual']))
     suffix = '' if which == 'last' else f'_{which}'
     wd.write_report(
         os.path.join(wd.stage_paths(workdir, stage)['dir'], f'eval_{split_name}{suffix}.json'),
-        result['results'], split=split_name, num_clips=len(split), step=None, epoch=epoch,
-        config_name=config.name, data=data_name, model=which,
-        per_class_audio=result['per_class_audio'], per_class_visual=result['per_class_visual'])
+        summary, seeds=seeds, per_seed=evaluations, split=split_name, num_clips=len(split),
+        step=None, epoch=epoch, config_name=config.name, data=data_name, model=which)
   if not found:
     raise SystemExit(f'{workdir}: no {which} checkpoint of any stage (expected one in '
                      f'{wd.checkpoint_dir(workdir, "base", which)}).')

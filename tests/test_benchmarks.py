@@ -18,7 +18,7 @@ import pytest
 import torch
 from jax.extend import core as jax_core
 
-from avvp_jax import losses, train
+from avvp_jax import losses, train, workdir as wd
 from avvp_jax.models import HAN, HybridAttentionLayer
 from benchmarks import (ablation, flops, markdown, profiling, regime, report, run, sections,
                         torch_han)
@@ -288,8 +288,20 @@ def test_ablation_runs_each_shared_stage_1_first(monkeypatch):
   runs = ablation.runs_of(['3', 'k'])
   assert runs == ['cr', 'cr_audio', 'cr_visual', 'cr_k4', 'cr_k16']
   assert ablation.runs_of(['4'])[0] == 'cr' and 'r' not in ablation.runs_of(['4'])
-  config = ablation.make_config('cr_tau0.3', seed=2)
-  assert (config.loss.tau, config.seed, config.refine.enabled) == (0.3, 2, True)
+  config = ablation.make_config('cr_tau0.3', seed=2, num_seeds=3)
+  assert (config.loss.tau, config.seed, config.num_seeds, config.refine.enabled) == (
+      0.3, 2, 3, True)
+  assert ablation.runs_of(['e']) == ['cr', 'cr_ensemble']
+  assert ablation.make_config('cr_ensemble', 0, 3).refine.ensemble
+
+
+def test_ablation_counts_an_epoch_of_all_seeds_once(tmp_path):
+  for stage, epoch, seed, seconds in (('base', 1, 0, 60.0), ('base', 1, 1, 60.0),
+                                      ('base', 2, 0, 30.0), ('base', 2, 1, 30.0),
+                                      ('final', 1, 0, 30.0), ('final', 1, 1, 30.0)):
+    wd.append_metrics(str(tmp_path), {'stage': stage, 'epoch': epoch, 'seed': seed,
+                                      'seconds': seconds})
+  assert ablation.training_minutes(str(tmp_path)) == 2.0
 
 
 def _regime_numbers():

@@ -42,7 +42,8 @@ def test_three_stages_chain_through_the_workdir(tmp_path, capsys):
   assert set(out) == {'base', 'refine', 'final'}
   printed = capsys.readouterr().out.split('stage 3 - stage 1 (test, points of F)\n')[1]
   segment_gain = printed.splitlines()[1].split()[1:]
-  assert segment_gain[1] == f'{out["final"]["segment/visual"] - out["base"]["segment/visual"]:+.1f}'
+  gain = out['final']['results']['segment/visual'] - out['base']['results']['segment/visual']
+  assert segment_gain[1] == f'{gain:+.1f}'
 
   # base checkpoint -> refined targets -> final checkpoint, each found by the next stage.
   for stage in ('base', 'final'):
@@ -52,14 +53,14 @@ def test_three_stages_chain_through_the_workdir(tmp_path, capsys):
     assert report['split'] == 'test' and report['num_clips'] == 16
     assert report['data'] == 'synthetic (seed 0)' and report['model'] == 'last'
     params, epoch = wd.restore_params(workdir, stage)
-    assert epoch == 3 and params['fc_prob']['kernel'].shape == (32, 25)
+    assert epoch == 3 and params['fc_prob']['kernel'].shape == (1, 32, 25)  # One seed.
     assert report['config_name'] == 'ma:cr' and len(report['results']) == 10
   refined = wd.load_refined(workdir)
   labels = load_splits(config.data)['train'].labels > 0
   for key in ('drop_a', 'drop_v'):
-    assert refined[key].shape == (48, 25) and refined[key].dtype == bool
+    assert refined[key].shape == (1, 48, 25) and refined[key].dtype == bool
     assert not (refined[key] & ~labels).any(), 'dropped labels are a subset of the weak labels'
-  assert refined['partners'].shape == (48, 1)
+  assert refined['partners'].shape == (1, 48, 1)
   assert refined['stats']['labels'] == labels.sum()
   assert {'audio/precision', 'visual/recall'} <= set(refined['stats'])
 
@@ -82,6 +83,12 @@ def test_one_stage_config_skips_refinement(tmp_path):
                      str(tmp_path))
   assert set(out) == {'base'}
   assert not os.path.exists(wd.refine_dir(str(tmp_path)))
+
+
+def test_fewer_than_one_seed_is_refused_before_any_work(tmp_path):
+  with pytest.raises(ValueError, match='num_seeds must be at least 1, not 0'):
+    pipeline.run(_tiny_config(num_seeds=0), str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
 
 
 def test_relative_workdir(tmp_path, monkeypatch):
@@ -218,31 +225,88 @@ def test_kills_at_random_moments_resume_to_the_same_result(tmp_path, straight_ru
   _assert_same_run(workdir, straight)
 
 
-MULTI_DEVICE_SCRIPT = """
-import json, sys
+@pytest.fixture(scope='module')
+def seed_runs(tmp_path_factory):
+  """On one device: 4 seeds (0-3) in one program, and a one-seed run with config.seed = 1."""
+  tmp = tmp_path_factory.mktemp('seeds')
+  four, one = str(tmp / 'four'), str(tmp / 'seed1')
+  pipeline.run(_tiny_config(num_seeds=4), four)
+  pipeline.run(_tiny_config(seed=1), one)
+  return four, one
+
+
+def _assert_same_seed(got_dir, got_seed, want_dir, want_seed):
+  """Seed `got_seed` of one workdir computed what seed `want_seed` of another did: the same
+  reports, refined labels and validation numbers; train losses to 1e-5 (relative), since
+  vmapped matrix products sum in another order than one model's (float32 noise, 5e-7 here)."""
+  for stage in wd.TRAINING_STAGES:
+    got, want = (wd.read_report(wd.stage_paths(w, stage)['report']) for w in (got_dir, want_dir))
+    got, want = (r['per_seed'][r['seeds'].index(s)]
+                 for r, s in ((got, got_seed), (want, want_seed)))
+    assert got == want, stage
+  (got, got_s), (want, want_s) = ((wd.load_refined(w), wd.load_refined(w)['stats']['seeds'])
+                                  for w in (got_dir, want_dir))
+  for key in ('drop_a', 'drop_v', 'partners'):
+    np.testing.assert_array_equal(got[key][got_s.index(got_seed)],
+                                  want[key][want_s.index(want_seed)])
+  assert got['stats']['per_seed'][got_s.index(got_seed)] == want['stats']['per_seed'][
+      want_s.index(want_seed)]
+  got, want = ([r for r in wd.read_metrics(w) if r['seed'] == s]
+               for w, s in ((got_dir, got_seed), (want_dir, want_seed)))
+  assert [(r['stage'], r['epoch'], r['val']) for r in got] == [
+      (r['stage'], r['epoch'], r['val']) for r in want]
+  for g, w in zip(got, want):
+    for term, value in w['train'].items():
+      assert g['train'][term] == pytest.approx(value, rel=1e-5), (g['stage'], g['epoch'], term)
+
+
+def test_seed_s_of_a_several_seed_run_is_the_one_seed_run_with_seed_s(straight_run, seed_runs):
+  four, one = seed_runs
+  _assert_same_seed(four, 0, straight_run[0], 0)
+  _assert_same_seed(four, 1, one, 1)
+  report = wd.read_report(wd.stage_paths(four, 'final')['report'])
+  assert report['seeds'] == [0, 1, 2, 3]
+  values = [p['results']['segment/visual'] for p in report['per_seed']]
+  assert len(set(values)) > 1, 'four seeds gave one result: the seeds are not used'
+  assert report['results']['segment/visual'] == pytest.approx(np.mean(values))
+  assert report['sd']['segment/visual'] == pytest.approx(np.std(values))
+
+
+FOUR_DEVICE_SCRIPT = """
+import json, os, sys
 import jax
 from configs import ma
 from avvp_jax import pipeline
-config = ma.get_config('cr')
-config.update_from_flattened_dict(json.loads(sys.argv[1]))
-out = pipeline.run(config, sys.argv[2])
-print(json.dumps({'devices': jax.device_count(), 'final': out['final']}))
+def config(**extra):
+  c = ma.get_config('cr')
+  c.update_from_flattened_dict({**json.loads(sys.argv[1]), **extra})
+  return c
+try:
+  pipeline.run(config(num_seeds=3), os.path.join(sys.argv[2], 'three'))
+except ValueError as e:
+  print('REFUSED', e, os.path.exists(os.path.join(sys.argv[2], 'three')))
+for s in (4, 2):
+  pipeline.run(config(num_seeds=s), os.path.join(sys.argv[2], f'seeds{s}'))
 """
 
 
-def test_two_devices_run_the_same_pipeline(tmp_path):
-  """The mesh code runs unchanged on 2 (simulated) devices and gives the 1-device numbers."""
-  overrides = {**TINY, 'train.epochs': 2, 'train.eval_batch_size': 7}
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+def test_four_devices_shard_the_seeds_and_give_the_one_device_numbers(tmp_path, seed_runs):
+  """4 simulated devices: 4 seeds (mesh seed 4 x data 1) and 2 seeds (seed 2 x data 2, the
+  batch sharded too) compute what one device does, seed by seed; 3 seeds cannot be placed."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
          'PYTHONPATH': str(ROOT)}
-  proc = subprocess.run([sys.executable, '-c', MULTI_DEVICE_SCRIPT, json.dumps(overrides),
-                         str(tmp_path / 'two')], cwd=ROOT, env=env, check=True,
-                        capture_output=True, text=True)
-  two = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert two['devices'] == 2
-  one = pipeline.run(_tiny_config(**overrides), str(tmp_path / 'one'))['final']
-  for key, value in one.items():
-    assert abs(two['final'][key] - value) < 0.5, key
+  printed = subprocess.run([sys.executable, '-c', FOUR_DEVICE_SCRIPT, json.dumps(TINY),
+                            str(tmp_path)], cwd=ROOT, env=env, check=True, capture_output=True,
+                           text=True).stdout
+  assert 'REFUSED num_seeds = 3 cannot be placed on 4 devices' in printed
+  assert printed.split('REFUSED')[1].splitlines()[0].endswith('False'), 'no workdir made'
+  assert 'seeds [0, 1, 2, 3] on 4 devices, mesh seed 4 x data 1' in printed
+  assert 'seeds [0, 1] on 4 devices, mesh seed 2 x data 2' in printed
+  four, _ = seed_runs
+  for seed in range(4):
+    _assert_same_seed(str(tmp_path / 'seeds4'), seed, four, seed)
+  for seed in range(2):
+    _assert_same_seed(str(tmp_path / 'seeds2'), seed, four, seed)
 
 
 def _evaluate(workdir, *flags):
@@ -274,6 +338,7 @@ def test_evaluate_entry_reproduces_the_stage_report_and_scores_the_best_val_mode
   got = json.loads((workdir / 'base' / 'eval_test_best_val.json').read_text())
   params, epoch = wd.restore_params(str(workdir), 'base', 'best_val')
   split = load_splits(config.data)['test']
-  expected = train.evaluate_split(HAN.from_config(config.model), params, split, 256)['results']
+  expected = train.evaluate_split(HAN.from_config(config.model), params, split, 256,
+                                  seeds=True)[0]['results']
   assert epoch == best_epoch and got['model'] == 'best_val' and got['epoch'] == best_epoch
   assert got['results'] == pytest.approx(expected, abs=1e-9)

@@ -2,10 +2,11 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from avvp_jax import refine
+from avvp_jax import refine, train
 from avvp_jax.data import synthetic
 from avvp_jax.models import HAN
 
@@ -200,3 +201,36 @@ def test_refinement_rule_with_graded_and_unequal_errors_matches_a_plain_loop():
   drop_a, drop_v = refine.refine_labels(orig, swapped, labels)
   np.testing.assert_array_equal(drop_a, want_a)
   np.testing.assert_array_equal(drop_v, want_v)
+
+
+def _two_models(split):
+  model = HAN(d_model=32, ffn_dim=32)
+  inputs = (split.audio[:1], split.video_2d[:1], split.video_3d[:1])
+  params = [model.init(jax.random.key(s), *inputs, train=False)['params'] for s in (0, 1)]
+  return model, params, jax.tree.map(lambda *x: jnp.stack(x), *params)
+
+
+@pytest.mark.parametrize('ensemble', [False, True])
+def test_each_seed_refines_with_its_model_or_the_ensemble_of_all(ensemble):
+  """Seed s draws its partners from its seed; the rule sees its own model's probabilities,
+  or (ensemble) the mean of both models' on its partners, as one model of those outputs."""
+  split = synthetic.generate_split(40, 0, 'train')
+  model, params, stacked = _two_models(split)
+  config = ml_collections.ConfigDict({'num_partners': 2, 'batch_size': 16, 'threshold': 0.7,
+                                      'modalities': 'both', 'ensemble': ensemble})
+  targets, stats = refine.refine_targets(model, stacked, split, config, seeds=[5, 6],
+                                         eval_batch_size=16)
+  assert targets['drop_a'].shape == (2, 40, 25) and stats['seeds'] == [5, 6]
+  for s, seed in enumerate((5, 6)):
+    partners = refine.draw_partners(split.labels, 2, np.random.default_rng([seed, 2]))
+    np.testing.assert_array_equal(targets['partners'][s], partners)
+    models = params if ensemble else [params[s]]
+    orig = [train.predict(model, p, split, 16) for p in models]
+    swapped = [refine.swapped_probs(model, p, split, partners, 16) for p in models]
+    mean = lambda outs: {k: np.mean([o[k] for o in outs], 0) for k in outs[0]}
+    drop_a, drop_v = refine.refine_labels(mean(orig), mean(swapped), split.labels, 0.7)
+    np.testing.assert_array_equal(targets['drop_a'][s], drop_a)
+    np.testing.assert_array_equal(targets['drop_v'][s], drop_v)
+    assert stats['per_seed'][s]['audio/dropped'] == drop_a.sum()
+  assert stats['audio/dropped'] == np.mean([p['audio/dropped'] for p in stats['per_seed']])
+  assert (targets['drop_a'] | targets['drop_v']).any(), 'nothing dropped: the test is void'

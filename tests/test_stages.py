@@ -33,9 +33,9 @@ def _spy_training_targets(monkeypatch) -> list[dict]:
   seen = []
   device_arrays = train.device_arrays
 
-  def spy(split, targets, mesh):
+  def spy(split, targets, mesh, **kwargs):
     seen.append({k: np.asarray(v) for k, v in targets.items()})
-    return device_arrays(split, targets, mesh)
+    return device_arrays(split, targets, mesh, **kwargs)
 
   monkeypatch.setattr(train, 'device_arrays', spy)
   return seen
@@ -52,11 +52,12 @@ def test_final_stage_trains_on_the_drop_masks(tmp_path, monkeypatch, clears_glob
   rng = np.random.default_rng(0)
   drop_a, drop_v = ((y > 0) & (rng.random(y.shape) < 0.5) for _ in range(2))
   assert drop_a.sum() and drop_v.sum() and (drop_a != drop_v).any()
-  wd.save_refined(str(tmp_path), {'drop_a': drop_a, 'drop_v': drop_v,
-                                  'partners': np.zeros((len(y), 1), np.int64)}, {'labels': 0})
+  wd.save_refined(str(tmp_path), {'drop_a': drop_a[None], 'drop_v': drop_v[None],
+                                  'partners': np.zeros((1, len(y), 1), np.int64)}, {'labels': 0})
   seen = _spy_training_targets(monkeypatch)
   pipeline.run(config, str(tmp_path))  # Stage 2 finds the masks saved: not redone.
-  base, final = [t for t in seen if t]  # Stage 2 places its inputs with no targets.
+  # Stage 2 places its inputs with no targets; the training stages those of one seed.
+  base, final = [{k: v[0] for k, v in t.items()} for t in seen if t]
   np.testing.assert_array_equal(base['y_a'], y)
   np.testing.assert_array_equal(base['y_global'], y)
   np.testing.assert_allclose(base['y_v'], 0.9 * y + 0.05)
@@ -65,38 +66,50 @@ def test_final_stage_trains_on_the_drop_masks(tmp_path, monkeypatch, clears_glob
   np.testing.assert_array_equal(final['y_global'], np.where(drop_a, 0, y) if clears_global else y)
 
 
-def test_best_val_epoch_is_saved_and_feeds_the_refinement(tmp_path, monkeypatch):
-  """Validation scores are set per epoch (40, 60, 50): the best is epoch 2, not the last."""
-  config = _tiny_config(**{'train.epochs': 3, 'train.base_selection': 'best_val'})
+def test_each_seeds_best_val_epoch_is_saved_and_feeds_the_refinement(tmp_path, monkeypatch):
+  """Two seeds, validation scores set per epoch: seed 0 scores 40, 60, 50 (best: epoch 2),
+  seed 1 scores 70, 30, 80 (best: epoch 3); each seed's best is kept, not the last epoch's."""
+  config = _tiny_config(**{'train.epochs': 3, 'train.base_selection': 'best_val',
+                           'num_seeds': 2})
   splits = load_splits(config.data)
-  scores = iter([40.0, 60.0, 50.0])
+  scores = iter([(40.0, 70.0), (60.0, 30.0), (50.0, 80.0)])
   evaluate_split = train.evaluate_split
 
-  def scripted_val(model, params, split, batch_size):
-    out = evaluate_split(model, params, split, batch_size)
+  def scripted_val(model, params, split, batch_size, seeds=False):
+    out = evaluate_split(model, params, split, batch_size, seeds)
     if split is splits['val']:
-      out['results']['segment/type'] = next(scores)
+      for evaluation, score in zip(out, next(scores)):
+        evaluation['results']['segment/type'] = score
     return out
 
-  fed = []
+  fed, saved = [], {}
   refine_targets = refine.refine_targets
 
   def spy(model, params, *args, **kwargs):
     fed.append(params)
     return refine_targets(model, params, *args, **kwargs)
 
+  save = wd.StageCheckpoints.save
+
+  def keep(self, epoch, state, meta):
+    saved[epoch] = jax.tree.map(np.asarray, state.params)
+    return save(self, epoch, state, meta)
+
   monkeypatch.setattr(train, 'evaluate_split', scripted_val)
   monkeypatch.setattr(refine, 'refine_targets', spy)
+  monkeypatch.setattr(wd.StageCheckpoints, 'save', keep)
   workdir = str(tmp_path)
   stages.train_stage(config, workdir, 'base', splits)
-  assert wd.checkpoint_epoch(workdir, 'base', 'best_val') == 2
+  assert wd.checkpoint_epoch(workdir, 'base', 'best_val') == 3
   best, _ = wd.restore_params(workdir, 'base', 'best_val')
-  last, _ = wd.restore_params(workdir, 'base', 'last')
   stages.refine_stage(config, workdir, splits)
   leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
-  for got, want in zip(leaves(fed[0]), leaves(best)):
+  for got, want, seed0, seed1 in zip(leaves(fed[0]), leaves(best), leaves(saved[2]),
+                                     leaves(saved[3])):
     np.testing.assert_array_equal(got, want)
-  assert any((a != b).any() for a, b in zip(leaves(best), leaves(last)))
+    np.testing.assert_array_equal(want[0], seed0[0])
+    np.testing.assert_array_equal(want[1], seed1[1])
+  assert any((a[0] != b[0]).any() for a, b in zip(leaves(best), leaves(saved[3])))
 
 
 def test_nan_loss_stops_with_stage_epoch_and_step_and_closes_the_checkpoints(tmp_path,
@@ -109,7 +122,7 @@ def test_nan_loss_stops_with_stage_epoch_and_step_and_closes_the_checkpoints(tmp
   closed = []
   close = wd.StageCheckpoints.close
   monkeypatch.setattr(wd.StageCheckpoints, 'close', lambda self: closed.append(close(self)))
-  with pytest.raises(FloatingPointError, match=r"Stage 'base', epoch 1, step 0 .*Last good "
+  with pytest.raises(FloatingPointError, match=r"Stage 'base', seed 0, epoch 1, step 0 .*Last good "
                                                r"checkpoint: none"):
     stages.train_stage(config, str(tmp_path), 'base', splits)
   assert closed == [None]
@@ -118,7 +131,7 @@ def test_nan_loss_stops_with_stage_epoch_and_step_and_closes_the_checkpoints(tmp
 def test_final_stage_without_refined_labels_is_a_clear_error(tmp_path):
   config = _tiny_config()
   with pytest.raises(FileNotFoundError, match='holds no refined labels: run stage 2'):
-    stages.stage_targets(config, str(tmp_path), 'final', np.zeros((4, 25), np.float32))
+    stages.stage_targets(config, str(tmp_path), 'final', np.zeros((4, 25), np.float32), 1)
 
 
 KILL_IN_STAGE_2 = """

@@ -232,3 +232,32 @@ def test_seeds_in_one_program_train_as_separate_runs():
     for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(want_state.params)):
       np.testing.assert_allclose(got[m], want, atol=2 * config.train.lr * 3)
   assert not np.allclose(terms['total'][0], terms['total'][1])
+
+
+def test_seeds_are_placed_evenly_on_the_devices_or_refused():
+  assert [train.seed_devices(s, 4) for s in (1, 2, 4, 8, 12)] == [1, 2, 4, 4, 4]
+  assert [train.seed_devices(s, 1) for s in (1, 3, 5)] == [1, 1, 1]
+  with pytest.raises(ValueError, match=r'num_seeds = 3 cannot be placed on 4 devices.*'
+                                       r'\[1, 2, 4, 8, 16\]'):
+    train.seed_devices(3, 4)
+  with pytest.raises(ValueError, match='num_seeds must be at least 1, not 0'):
+    train.seed_devices(0, 4)
+
+
+def test_over_seeds_of_one_model_is_the_function_itself():
+  """One seed runs `fn` on unstacked arguments (no vmap), several a vmap; shared arguments
+  and dict axes are passed as they are."""
+  calls = []
+
+  def fn(w, data, x):
+    calls.append(w.ndim)
+    return {'y': w * data['scale'] + data['shift'] + x}
+
+  data = {'scale': jnp.array([[2.0, 3.0]]), 'shift': jnp.array(1.0)}
+  stacked = train.over_seeds(fn, (0, {'scale': 0, 'shift': None}, None))
+  out = stacked(jnp.array([[1.0, 2.0]]), data, jnp.array(10.0))
+  np.testing.assert_array_equal(out['y'], [[13.0, 17.0]])
+  data2 = {'scale': jnp.array([[2.0, 3.0], [4.0, 5.0]]), 'shift': jnp.array(1.0)}
+  out = stacked(jnp.array([[1.0, 2.0], [1.0, 1.0]]), data2, jnp.array(10.0))
+  np.testing.assert_array_equal(out['y'], [[13.0, 17.0], [15.0, 16.0]])
+  assert calls == [1, 1]  # Unstacked (1-D) both times: once directly, once traced by vmap.

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from avvp_jax import workdir as wd
+from avvp_jax import metrics, workdir as wd
 from avvp_jax.data.classes import CLASSES
 from configs import ma
 
@@ -62,33 +62,56 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
   assert path.read_text() == 'old' and os.listdir(tmp_path) == ['f.txt']
 
 
-def test_write_report_round_trip(tmp_path):
+def _evaluation(results, f_audio=None):
+  return {'results': results, 'per_class_audio': np.full(C, np.nan) if f_audio is None
+          else f_audio, 'per_class_visual': np.linspace(0, 50, C)}
+
+
+def test_write_report_round_trip_with_the_mean_and_each_seed(tmp_path):
   path = tmp_path / 'reports' / 'test.json'
   f_audio = np.linspace(0, 100, C)
   f_audio[3] = np.nan
-  results = {'segment/audio': 71.25, 'event/type': 60.5}
-  wd.write_report(str(path), results, split='test', num_clips=1200, step=4000,
-                  config_name='ma:cr', data='llp (/data/llp)', model='best_val', epoch=7,
-                  per_class_audio=f_audio)
+  per_seed = [_evaluation({'segment/audio': 71.25, 'event/type': 60.5}, f_audio),
+              _evaluation({'segment/audio': 69.25, 'event/type': 62.5})]
+  wd.write_report(str(path), metrics.summarise_seeds(per_seed), seeds=[3, 4], per_seed=per_seed,
+                  split='test', num_clips=1200, step=4000, config_name='ma:cr',
+                  data='llp (/data/llp)', model='best_val', epoch=7)
   report = json.loads(path.read_text())
   assert report['split'] == 'test' and report['num_clips'] == 1200 and report['step'] == 4000
   assert report['config_name'] == 'ma:cr' and report['data'] == 'llp (/data/llp)'
-  assert report['model'] == 'best_val' and report['epoch'] == 7
-  assert report['results'] == results
+  assert report['model'] == 'best_val' and report['epoch'] == 7 and report['seeds'] == [3, 4]
+  assert report['results'] == {'segment/audio': 70.25, 'event/type': 61.5}
+  assert report['sd'] == {'segment/audio': 1.0, 'event/type': 1.0}
+  assert [p['seed'] for p in report['per_seed']] == [3, 4]
+  assert report['per_seed'][1]['results'] == {'segment/audio': 69.25, 'event/type': 62.5}
   assert list(report['per_class_audio']) == list(CLASSES)
+  # Means over the seeds where a class's F is defined: Dog nowhere, Clapping in seed 3 only.
   assert report['per_class_audio']['Dog'] is None
   assert report['per_class_audio']['Clapping'] == pytest.approx(100.0)
-  assert report['per_class_visual'] is None
+  assert report['per_seed'][0]['per_class_audio']['Clapping'] == pytest.approx(100.0)
+  assert report['per_seed'][1]['per_class_audio']['Clapping'] is None
+  assert report['per_class_visual']['Clapping'] == pytest.approx(50.0)
   assert os.listdir(path.parent) == ['test.json']  # No temp file left behind.
   assert wd.read_report(str(path)) == report and wd.read_report(str(tmp_path / 'no')) is None
+
+
+def test_one_seed_report_has_its_numbers_and_no_sd(tmp_path):
+  path = tmp_path / 'test.json'
+  per_seed = [_evaluation({'segment/audio': 71.3})]
+  wd.write_report(str(path), metrics.summarise_seeds(per_seed), seeds=[0], per_seed=per_seed,
+                  split='test', num_clips=1, step=0, config_name='ma:cr', data='synthetic')
+  report = wd.read_report(str(path))
+  assert report['results'] == {'segment/audio': 71.3} and report['sd'] is None
 
 
 def test_write_report_refuses_nan_results_and_keeps_the_old_file(tmp_path):
   path = tmp_path / 'test.json'
   path.write_text('old')
+  per_seed = [_evaluation({'segment/audio': math.nan})]
   with pytest.raises(ValueError):
-    wd.write_report(str(path), {'segment/audio': math.nan}, split='test', num_clips=1,
-                    step=0, config_name='ma:cr', data='synthetic (seed 0)')
+    wd.write_report(str(path), metrics.summarise_seeds(per_seed), seeds=[0], per_seed=per_seed,
+                    split='test', num_clips=1, step=0, config_name='ma:cr',
+                    data='synthetic (seed 0)')
   assert path.read_text() == 'old' and os.listdir(tmp_path) == ['test.json']
 
 
@@ -155,7 +178,7 @@ def test_stage_checkpoints_restore_and_drop_a_best_newer_than_the_last_epoch(tmp
   state = {'params': {'w': jnp.arange(3.0)}, 'step': jnp.int32(5)}
   with wd.StageCheckpoints(workdir, 'base') as ckpt:
     assert ckpt.restore(state) is None
-    meta = {'epoch': 1, 'best_val': 50.0, 'best_epoch': 1}
+    meta = {'epoch': 1, 'best_val': [50.0], 'best_epoch': [1]}
     ckpt.save_best(1, state['params'])
     ckpt.save(1, state, meta)
     meta['epoch'] = 99  # The saved meta is a copy.
@@ -163,7 +186,7 @@ def test_stage_checkpoints_restore_and_drop_a_best_newer_than_the_last_epoch(tmp
   assert wd.checkpoint_epoch(workdir, 'base', 'best_val') == 2
   with wd.StageCheckpoints(workdir, 'base') as ckpt:
     restored, meta = ckpt.restore(state)
-  assert meta == {'epoch': 1, 'best_val': 50.0, 'best_epoch': 1}
+  assert meta == {'epoch': 1, 'best_val': [50.0], 'best_epoch': [1]}
   np.testing.assert_array_equal(restored['params']['w'], [0, 1, 2])
   assert wd.checkpoint_epoch(workdir, 'base', 'best_val') == 1
   params, epoch = wd.restore_params(workdir, 'base', 'best_val')
@@ -186,7 +209,7 @@ def test_the_meta_of_an_async_save_is_not_the_callers_dict(tmp_path, monkeypatch
   handed = []
   json_save = wd.ocp.args.JsonSave
   monkeypatch.setattr(wd.ocp.args, 'JsonSave', lambda item: handed.append(item) or json_save(item))
-  meta = {'epoch': 1, 'best_val': 50.0, 'best_epoch': 1}
+  meta = {'epoch': 1, 'best_val': [50.0], 'best_epoch': [1]}
   with wd.StageCheckpoints(str(tmp_path), 'base') as ckpt:
     ckpt.save(1, {'w': jnp.zeros(2)}, meta)
   assert handed == [meta] and handed[0] is not meta
@@ -203,15 +226,15 @@ def test_an_epoch_is_saved_only_after_its_best_has_committed(tmp_path, monkeypat
                         lambda: order.append('best committed') or best_wait())
     monkeypatch.setattr(ckpt._last, 'save',
                         lambda *a, **k: order.append('epoch saved') or last_save(*a, **k))
-    ckpt.save(1, {'w': jnp.zeros(2)}, {'epoch': 1, 'best_val': 1.0, 'best_epoch': 1})
+    ckpt.save(1, {'w': jnp.zeros(2)}, {'epoch': 1, 'best_val': [1.0], 'best_epoch': [1]})
     assert order == ['best committed', 'epoch saved']
 
 
 def test_a_best_that_is_gone_is_a_clear_error_on_resume(tmp_path):
   state = {'w': jnp.zeros(2)}
   with wd.StageCheckpoints(str(tmp_path), 'base') as ckpt:
-    ckpt.save(1, state, {'epoch': 1, 'best_val': 1.0, 'best_epoch': 1})  # No best saved.
+    ckpt.save(1, state, {'epoch': 1, 'best_val': [1.0], 'best_epoch': [1]})  # No best saved.
   with wd.StageCheckpoints(str(tmp_path), 'base') as ckpt:
-    with pytest.raises(RuntimeError, match=r'names epoch 1 as the best on val, but .*best '
+    with pytest.raises(RuntimeError, match=r'names epoch 1 as the last best on val, but .*best '
                                            r'holds epochs \[\]'):
       ckpt.restore(state)
