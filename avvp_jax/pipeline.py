@@ -21,6 +21,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with wd.hold(workdir):
     wd.check_or_save_config(config, workdir)
     splits = load_splits(config.data)
+    stages.check_processes(config, splits)
     print(f'data: { {k: len(v) for k, v in splits.items()} }; {placement}', flush=True)
     out = {'base': stages.train_stage(config, workdir, 'base', splits)}
     if config.refine.enabled:

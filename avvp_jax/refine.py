@@ -96,7 +96,7 @@ def swapped_probs(model: HAN, params, split: Split, partners: np.ndarray,
     else:
       outs.append(_swapped_probs(model, params, data, idx, partners[idx]))
   axis = 1 if seeds else 0
-  return {key: np.concatenate([np.asarray(o[key]) for o in outs], axis).take(np.arange(n), axis)
+  return {key: np.concatenate([train.host(o[key]) for o in outs], axis).take(np.arange(n), axis)
           for key in outs[0]}
 
 

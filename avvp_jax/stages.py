@@ -5,12 +5,14 @@ output there through `workdir`; a finished stage is found and not redone, an int
 training stage continues after its last saved epoch.
 """
 
+import hashlib
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from avvp_jax import metrics, refine, train, workdir as wd
@@ -33,6 +35,27 @@ def check_placement(config) -> str:
   mesh = train.make_mesh(len(seeds))
   return (f'seeds {seeds} on {jax.device_count()} devices, mesh '
           f'{" x ".join(f"{name} {size}" for name, size in mesh.shape.items())}')
+
+
+def check_processes(config, splits: dict[str, Split]) -> None:
+  """Refuses a multi-process run whose processes differ in their config or in the data they
+  loaded (each host reads its own copy)."""
+  if jax.process_count() == 1:
+    return
+  data = hashlib.sha256()
+  for name in sorted(splits):
+    for field in ('audio', 'video_2d', 'video_3d', 'labels'):
+      data.update(np.ascontiguousarray(getattr(splits[name], field)).tobytes())
+  for what, digest in (('config', hashlib.sha256(config.to_json().encode()).digest()),
+                       ('data', data.digest())):
+    every = multihost_utils.process_allgather(np.frombuffer(digest, np.uint8))  # (P, 32)
+    differ = [p for p in range(len(every)) if bytes(every[p]) != bytes(every[0])]
+    if differ:
+      raise ValueError(
+          f'The {len(every)} processes of this run differ in their {what}: processes '
+          f'{differ} against process 0 (sha256 {bytes(every[0]).hex()[:12]}... against '
+          f'{", ".join(bytes(every[p]).hex()[:12] + "..." for p in differ)}). Start every '
+          'process with the same flags and the same data.')
 
 
 def stage_targets(config, workdir: str, stage: str, labels: np.ndarray,
@@ -147,7 +170,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
       vals = train.evaluate_split(model, state.params, splits['val'], tc.eval_batch_size,
                                   seeds=True)
       seconds = time.perf_counter() - start
-      step = int(np.ravel(state.step)[0])
+      step = int(train.host(state.step)[0])
       records = [{'stage': stage, 'epoch': epoch, 'seed': seed, 'step': step,
                   'lr': float(schedule(step - 1)), 'train': _mean_terms(terms, s),
                   'val': val['results'], 'seconds': seconds}
@@ -173,10 +196,9 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
   data_name = describe(config.data)
   summary = print_results(table_title(config, stage, 'test', data_name, f'epoch {tc.epochs}'),
                           seeds, tests)
-  wd.write_report(paths['report'], summary, seeds=seeds, per_seed=tests, split='test',
-                  num_clips=len(splits['test']), step=int(np.ravel(state.step)[0]),
-                  epoch=tc.epochs, config_name=config.name, data=data_name)
-  return wd.read_report(paths['report'])
+  return wd.write_report(paths['report'], summary, seeds=seeds, per_seed=tests, split='test',
+                         num_clips=len(splits['test']), step=int(train.host(state.step)[0]),
+                         epoch=tc.epochs, config_name=config.name, data=data_name)
 
 
 def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:

@@ -2,9 +2,11 @@
 
 The data set lives on the device; each epoch draws batches on the device from a seeded
 permutation, and runs its steps in a few calls of a `lax.scan`, so that a step needs no host
-round trip and no dispatch of its own. Steps are written against a `Mesh` with a
-`data` axis: batches are sharded along it and parameters replicated, which runs unchanged from
-one device to many. The train state is a plain pytree (params, optimiser state, step).
+round trip and no dispatch of its own. Steps are written against a `Mesh` with a `seed` and
+a `data` axis: the models of several seeds, stacked on a leading axis and trained in one
+vmapped program, are sharded along `seed`, batches along `data`, which runs unchanged from one
+device to many and from one process to many. The train state is a plain pytree (params,
+optimiser state, step).
 Running a stage in a workdir (checkpoints, logs, reports) is `stages.py`'s work.
 """
 
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -91,6 +94,13 @@ def over_seeds(fn: Callable, in_axes: tuple) -> Callable:
   return stacked
 
 
+def host(x: jax.Array) -> np.ndarray:
+  """`x` as a host array, gathered from every process where it spans several."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def steps_per_epoch(num_clips: int, batch_size: int) -> int:
   return -(-num_clips // batch_size)
 
@@ -159,9 +169,9 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
   terms of each row, (S,), zero for padding. Cached, so that stages with the same setup
   share one compilation.
 
-  With `seeds`, it trains M independent models in one program, vmapped over a leading axis
-  of M on the state, `idx` (M, S, B), `rng` (M,) and the targets of `data` (M, N, 25); the
-  inputs are shared. `terms` are then (M, S).
+  With `seeds`, it trains M independent models in one program, vmapped (`over_seeds`) over a
+  leading axis of M on the state, `idx` (M, S, B), `rng` (M,) and the targets of `data`
+  (M, N, 25); the inputs are shared. `terms` are then (M, S).
   """
   schedule = make_schedule(train_config, num_clips)
   tx = optax.adam(schedule)
@@ -236,7 +246,7 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
   per_call = -(-steps // calls)  # E.g. 32 steps at most 25 per call: 2 calls of 16.
   pad = [(0, 0)] * (batches.ndim - 2) + [(0, calls * per_call - steps), (0, 0)]
   batches = jnp.pad(batches, pad)  # Padding rows: skipped.
-  first_step = int(np.ravel(state.step)[0])
+  first_step = int(host(state.step).ravel()[0])
   history, start = [], time.perf_counter()
   with tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True, disable=None) as bar:
 
@@ -245,7 +255,7 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
       real = min(per_call, steps - call * per_call)  # Its rows that are steps, not padding.
       done = call * per_call + real
       bar.update(real)
-      bar.set_postfix(loss=f'{float(np.mean(history[call]["total"][..., real - 1])):.4f}',
+      bar.set_postfix(loss=f'{float(np.mean(host(history[call]["total"])[..., real - 1])):.4f}',
                       lr=f'{lr_fn(first_step + done - 1):.1e}',
                       clips_per_s=f'{done * batch_size / (time.perf_counter() - start):.0f}')
 
@@ -257,7 +267,7 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
       if call:  # The previous call's loss: fetching it leaves this call queued behind it.
         report(call - 1)
     report(calls - 1)
-  return state, {k: np.concatenate([np.asarray(h[k]) for h in history], -1)[..., :steps]
+  return state, {k: np.concatenate([host(h[k]) for h in history], -1)[..., :steps]
                  for k in history[0]}
 
 
@@ -298,7 +308,7 @@ def predict(model: HAN, params, split: Split, batch_size: int,
       inputs = [np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) for x in inputs]
     outs.append(forward(model, params, *jax.device_put(inputs, batch_sharding)))
   axis = 1 if seeds else 0
-  return {k: np.concatenate([np.asarray(o[k]) for o in outs], axis).take(np.arange(n), axis)
+  return {k: np.concatenate([host(o[k]) for o in outs], axis).take(np.arange(n), axis)
           for k in outs[0]}
 
 

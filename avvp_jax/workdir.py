@@ -18,6 +18,10 @@ Every file is written whole or not at all (`atomic_write`, Orbax's own commit), 
 metrics.jsonl, which is appended to and whose line cut by a kill the next run drops
 (`truncate_metrics`); so a run killed at any moment leaves a workdir that the next run
 resumes. Nothing here computes.
+
+With several processes (hosts), only process 0 writes files, holds the lock and the config;
+Orbax's checkpoints are written by all processes together, as Orbax requires, and every
+process reads the same files.
 """
 
 import contextlib
@@ -49,8 +53,16 @@ class WorkdirBusy(RuntimeError):
   """Another live process holds the workdir."""
 
 
+def writes_files() -> bool:
+  """Whether this process writes the workdir's files: process 0 of a multi-process run."""
+  return jax.process_index() == 0
+
+
 def atomic_write(path: str, text: str) -> None:
-  """Writes `path` whole or not at all: a temp file beside it, fsync, then a rename."""
+  """Writes `path` whole or not at all: a temp file beside it, fsync, then a rename. Only
+  process 0 writes (`writes_files`)."""
+  if not writes_files():
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
@@ -71,8 +83,11 @@ def hold(workdir: str):
 
   An advisory `flock` on <workdir>/.lock, which the OS releases when the holder exits in any
   way (SIGKILL included), so a dead run's workdir is never refused. Needs a local or POSIX
-  file system.
+  file system. Held by process 0 only: the other processes of the run share its workdir.
   """
+  if not writes_files():
+    yield
+    return
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
   with open(path, 'a+') as f:
@@ -113,7 +128,7 @@ def check_or_save_config(config: ml_collections.ConfigDict, workdir: str) -> Non
   (one that differs in more than the SPEED_ONLY keys)."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    atomic_write(path, config.to_json(indent=2))
+    atomic_write(path, config.to_json(indent=2))  # Process 0; the processes agree on it.
     return
   with open(path) as f:
     old, new = _flatten(json.load(f)), _flatten(json.loads(config.to_json()))
@@ -168,6 +183,8 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def append_metrics(workdir: str, record: dict) -> None:
+  if not writes_files():
+    return
   with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
     f.write(json.dumps(record) + '\n')
     f.flush()
@@ -210,14 +227,14 @@ def _per_class_dict(values):
 
 def write_report(path: str, summary: dict, *, seeds: list[int], per_seed: list[dict],
                  split: str, num_clips: int, step, config_name: str, data: str,
-                 model: str = 'last', epoch=None) -> None:
+                 model: str = 'last', epoch=None) -> dict:
   """Writes an evaluation report of the models of one or more seeds as JSON, atomically.
 
   `summary` is `metrics.summarise_seeds(per_seed)`: `results` and the per-class fields are the
   means over the seeds, `sd` their sd (null for one seed); `per_seed` holds each seed's own
   {'results', 'per_class_audio', 'per_class_visual'}. `data` names the data source; `model`
   and `epoch` say which checkpoint was evaluated ('last' or 'best_val'); `step` is its train
-  step where known. Per-class fields are {class_name: F or null}.
+  step where known. Per-class fields are {class_name: F or null}. Returns the report.
   """
   report = {
       'split': split,
@@ -238,6 +255,7 @@ def write_report(path: str, summary: dict, *, seeds: list[int], per_seed: list[d
                    for seed, e in zip(seeds, per_seed, strict=True)],
   }
   atomic_write(path, json.dumps(report, indent=2, allow_nan=False) + '\n')
+  return report
 
 
 def read_report(path: str):

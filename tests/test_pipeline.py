@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -290,23 +291,66 @@ for s in (4, 2):
 """
 
 
-def test_four_devices_shard_the_seeds_and_give_the_one_device_numbers(tmp_path, seed_runs):
-  """4 simulated devices: 4 seeds (mesh seed 4 x data 1) and 2 seeds (seed 2 x data 2, the
-  batch sharded too) compute what one device does, seed by seed; 3 seeds cannot be placed."""
+@pytest.fixture(scope='module')
+def four_device_runs(tmp_path_factory):
+  """In one process with 4 simulated devices: 4 seeds and 2 seeds, and a refused 3; returns
+  (the folder of workdirs seeds4 and seeds2, what the process printed)."""
+  tmp = tmp_path_factory.mktemp('four_devices')
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
          'PYTHONPATH': str(ROOT)}
   printed = subprocess.run([sys.executable, '-c', FOUR_DEVICE_SCRIPT, json.dumps(TINY),
-                            str(tmp_path)], cwd=ROOT, env=env, check=True, capture_output=True,
+                            str(tmp)], cwd=ROOT, env=env, check=True, capture_output=True,
                            text=True).stdout
+  return tmp, printed
+
+
+def test_four_devices_shard_the_seeds_and_give_the_one_device_numbers(four_device_runs,
+                                                                      seed_runs):
+  """4 simulated devices: 4 seeds (mesh seed 4 x data 1) and 2 seeds (seed 2 x data 2, the
+  batch sharded too) compute what one device does, seed by seed; 3 seeds cannot be placed."""
+  tmp, printed = four_device_runs
   assert 'REFUSED num_seeds = 3 cannot be placed on 4 devices' in printed
   assert printed.split('REFUSED')[1].splitlines()[0].endswith('False'), 'no workdir made'
   assert 'seeds [0, 1, 2, 3] on 4 devices, mesh seed 4 x data 1' in printed
   assert 'seeds [0, 1] on 4 devices, mesh seed 2 x data 2' in printed
   four, _ = seed_runs
   for seed in range(4):
-    _assert_same_seed(str(tmp_path / 'seeds4'), seed, four, seed)
+    _assert_same_seed(str(tmp / 'seeds4'), seed, four, seed)
   for seed in range(2):
-    _assert_same_seed(str(tmp_path / 'seeds2'), seed, four, seed)
+    _assert_same_seed(str(tmp / 'seeds2'), seed, four, seed)
+
+
+def _two_processes(workdir, *extra_of_process_1):
+  """main.py as 2 processes of 2 simulated CPU devices each on 127.0.0.1, 2 seeds; returns
+  both CompletedProcess-like (returncode, stdout, stderr)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  procs = [subprocess.Popen(
+      _main_command(workdir) + ['--config.num_seeds=2', f'--coordinator_address=127.0.0.1:{port}',
+                                '--num_processes=2', f'--process_id={i}']
+      + (list(extra_of_process_1) if i else []), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  return [(p.returncode, *out) for p, out in zip(procs, outputs)]
+
+
+def test_two_processes_give_the_numbers_of_one_process_with_four_devices(tmp_path,
+                                                                         four_device_runs):
+  """jax.distributed on 127.0.0.1: 2 processes x 2 devices compute what 1 process x 4 devices
+  does; only process 0 prints; processes given different configs are refused."""
+  bad = _two_processes(tmp_path / 'bad', '--config.train.lr=0.001')
+  for returncode, _, stderr in bad:
+    assert returncode == 1
+    assert 'The 2 processes of this run differ in their config: processes [1]' in stderr
+  assert not os.path.exists(tmp_path / 'bad' / 'base'), 'refused before training'
+  (rc0, out0, _), (rc1, out1, _) = _two_processes(tmp_path / 'run')
+  assert rc0 == rc1 == 0
+  assert 'seeds [0, 1] on 4 devices, mesh seed 2 x data 2' in out0 and '[final]' in out0
+  assert 'workdir:' not in out1 and '[base]' not in out1  # (Gloo's own lines may be there.)
+  for seed in range(2):
+    _assert_same_seed(str(tmp_path / 'run'), seed, str(four_device_runs[0] / 'seeds2'), seed)
 
 
 def _evaluate(workdir, *flags):
