@@ -181,6 +181,16 @@ def summarise_seeds(evaluations: list[dict]) -> dict:
   return summary
 
 
+def format_mean_sd(values) -> str:
+  """'mean ± sd' over the values that are not None (an undefined precision, say): 'n/a' if
+  none is defined, the value alone if one is, and '(n of m)' after the cell if only some are."""
+  defined = [v for v in values if v is not None]
+  if not defined:
+    return 'n/a'
+  cell = f'{np.mean(defined):.1f}' + (f' ± {np.std(defined):.1f}' if len(defined) > 1 else '')
+  return cell if len(defined) == len(values) else f'{cell} ({len(defined)} of {len(values)})'
+
+
 def format_table(results, title='', signed=False, sd=None):
   """The ten numbers in the paper's layout (rows: levels, columns: COLUMNS), one decimal;
   `signed` shows the sign of every cell (for differences); `sd` (same keys) adds '± sd'."""

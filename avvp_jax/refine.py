@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from avvp_jax import train
+from avvp_jax import metrics, train
 from avvp_jax.data import Split
 from avvp_jax.models import HAN
 
@@ -206,6 +206,16 @@ def format_stats(stats: dict) -> str:
     lines.append('  frozen model\'s training error: ' + ', '.join(
         f'{m} {stats[f"{m}/train_error"]:.1f} % (> 0 in {stats[f"{m}/error_classes"]}/25 '
         'classes)' for m in ('audio', 'visual')))
+  return '\n'.join(lines)
+
+
+def format_seed_stats(per_seed: list[dict]) -> str:
+  """The drops, their precision and recall as mean ± sd over the seeds' statistics."""
+  lines = [f'Refinement, mean ± sd over {len(per_seed)} seeds:']
+  for m in ('audio', 'visual'):
+    lines.append(f'  {m:6s} dropped ' + metrics.format_mean_sd([p[f'{m}/dropped'] for p in per_seed]) + ''.join(
+        f'  {name} ' + metrics.format_mean_sd([p[f'{m}/{name}'] for p in per_seed])
+        for name in ('precision', 'recall') if f'{m}/{name}' in per_seed[0]))
   return '\n'.join(lines)
 
 

@@ -216,5 +216,7 @@ def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
       eval_batch_size=config.train.eval_batch_size)
   for seed, seed_stats in zip(seeds, stats['per_seed']):
     print((f'seed {seed}: ' if len(seeds) > 1 else '') + refine.format_stats(seed_stats))
+  if len(seeds) > 1:
+    print(refine.format_seed_stats(stats['per_seed']))
   wd.save_refined(workdir, targets, stats)
   return stats

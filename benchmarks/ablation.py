@@ -127,7 +127,7 @@ def table_section(table: str, workdirs: dict[str, str], seeds: list[int]) -> str
   lines += markdown.header(['Variant'] + names)
   for label, run, stage in rows:
     per_seed = _per_seed(workdirs[run], stage)
-    lines.append(markdown.row([label] + [markdown.mean_sd([r[k] for r in per_seed])
+    lines.append(markdown.row([label] + [metrics.format_mean_sd([r[k] for r in per_seed])
                                          for k in keys]))
   refined = list(dict.fromkeys(run for _, run, stage in rows if stage == 'final'))
   if refined:
@@ -137,7 +137,7 @@ def table_section(table: str, workdirs: dict[str, str], seeds: list[int]) -> str
               *markdown.header(('Run',) + STAT_KEYS)]
     for run in refined:
       stats = wd.load_refined(workdirs[run])['stats']['per_seed']
-      lines.append(markdown.row([run] + [markdown.mean_sd([s[k] for s in stats])
+      lines.append(markdown.row([run] + [metrics.format_mean_sd([s[k] for s in stats])
                                          for k in STAT_KEYS]))
   return '\n'.join(lines)
 

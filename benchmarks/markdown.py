@@ -1,20 +1,8 @@
-"""Markdown helpers of the benchmark scripts: cells of mean ± sd, sections between markers."""
+"""Markdown helpers of the benchmark scripts: table rows, sections between markers."""
 
 import os
 
-import numpy as np
-
 from avvp_jax import workdir
-
-
-def mean_sd(values) -> str:
-  """'mean ± sd' over the values that are not None (an undefined precision, say): 'n/a' if
-  none is defined, the value alone if one is, and '(n of m)' after the cell if only some are."""
-  defined = [v for v in values if v is not None]
-  if not defined:
-    return 'n/a'
-  cell = f'{np.mean(defined):.1f}' + (f' ± {np.std(defined):.1f}' if len(defined) > 1 else '')
-  return cell if len(defined) == len(values) else f'{cell} ({len(defined)} of {len(values)})'
 
 
 def row(cells) -> str:

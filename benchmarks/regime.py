@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from avvp_jax import pipeline, workdir as wd  # pylint: disable=g-import-not-at-top
+from avvp_jax import metrics, pipeline, workdir as wd  # pylint: disable=g-import-not-at-top
 from benchmarks import markdown  # pylint: disable=g-import-not-at-top
 from configs import ma  # pylint: disable=g-import-not-at-top
 
@@ -85,7 +85,7 @@ def table(numbers: dict) -> str:
   lines = markdown.header(('train clips', 'schedule', 'base selection') + columns)
   for (size, schedule, selection), values in numbers.items():
     lines.append(markdown.row([size, schedule, selection]
-                              + [markdown.mean_sd(values[c]) for c in columns]))
+                              + [metrics.format_mean_sd(values[c]) for c in columns]))
   return '\n'.join(lines)
 
 

@@ -20,8 +20,7 @@ from jax.extend import core as jax_core
 
 from avvp_jax import losses, train, workdir as wd
 from avvp_jax.models import HAN, HybridAttentionLayer
-from benchmarks import (ablation, flops, markdown, profiling, regime, report, run, sections,
-                        torch_han)
+from benchmarks import ablation, flops, profiling, regime, report, run, sections, torch_han
 from configs import ma
 
 B, T = 3, 10
@@ -273,13 +272,6 @@ def test_benchmarks_import_nothing_from_tests():
   here = pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'
   for path in here.glob('*.py'):
     assert not re.search(r'^\s*(from|import) tests\b', path.read_text(), re.M), path.name
-
-
-def test_mean_sd_leaves_undefined_values_out():
-  assert markdown.mean_sd([50.0, None, 70.0]) == '60.0 ± 10.0 (2 of 3)'
-  assert markdown.mean_sd([None, None]) == 'n/a'
-  assert markdown.mean_sd([0.0, 0.0]) == '0.0 ± 0.0'
-  assert markdown.mean_sd([7.25]) == '7.2' and markdown.mean_sd([None, 7.25]) == '7.2 (1 of 2)'
 
 
 def test_ablation_runs_each_shared_stage_1_first(monkeypatch):

@@ -365,3 +365,23 @@ def test_format_per_class_lists_every_class():
   assert len(lines) == C + 1
   assert lines[1].split() == ['Speech', '0.0', '-']
   assert lines[-1].split() == ['Clapping', '24.0', '-']
+
+
+def test_format_mean_sd_leaves_undefined_values_out():
+  assert metrics.format_mean_sd([50.0, None, 70.0]) == '60.0 ± 10.0 (2 of 3)'
+  assert metrics.format_mean_sd([None, None]) == 'n/a'
+  assert metrics.format_mean_sd([0.0, 0.0]) == '0.0 ± 0.0'
+  assert metrics.format_mean_sd([7.25]) == '7.2'
+  assert metrics.format_mean_sd([None, 7.25]) == '7.2 (1 of 2)'
+
+
+def test_summarise_seeds_means_defined_per_class_values_and_population_sd():
+  per_class = lambda *v: np.array(list(v) + [np.nan] * (len(CLASSES) - len(v)))
+  evaluations = [{'results': {'segment/audio': 60.0}, 'per_class_audio': per_class(10.0, np.nan),
+                  'per_class_visual': per_class(1.0)},
+                 {'results': {'segment/audio': 64.0}, 'per_class_audio': per_class(30.0, 5.0),
+                  'per_class_visual': per_class(3.0)}]
+  summary = metrics.summarise_seeds(evaluations)
+  assert summary['results'] == {'segment/audio': 62.0} and summary['sd'] == {'segment/audio': 2.0}
+  np.testing.assert_array_equal(summary['per_class_audio'][:3], [20.0, 5.0, np.nan])
+  assert metrics.summarise_seeds(evaluations[:1])['sd'] is None

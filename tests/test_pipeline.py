@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -99,15 +100,16 @@ def test_relative_workdir(tmp_path, monkeypatch):
   assert (tmp_path / 'workdirs' / 'rel' / 'base' / 'report_test.json').exists()
 
 
-def _main_command(workdir):
+def _main_command(workdir, *extra):
   overrides = [f'--config.{k}={v}' for k, v in TINY.items()]
   return [sys.executable, str(ROOT / 'launch' / 'main.py'), '--config=configs/ma.py',
-          f'--workdir={workdir}', *overrides]
+          f'--workdir={workdir}', *overrides, *extra]
 
 
-def _run_until(workdir, env, stage, epoch, timeout=240):
-  """Starts main.py and SIGKILLs it once metrics.jsonl records `stage` at `epoch`."""
-  proc = subprocess.Popen(_main_command(workdir), cwd=ROOT, env=env,
+def _run_until(workdir, env, stage, epoch, *extra, timeout=240):
+  """Starts main.py and SIGKILLs it once metrics.jsonl records `stage` at `epoch` (for one
+  seed: the kill may land between the records of the seeds)."""
+  proc = subprocess.Popen(_main_command(workdir, *extra), cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + timeout
   try:
@@ -175,6 +177,10 @@ def _assert_same_run(workdir, straight):
   refined = [wd.load_refined(w) for w in (workdir, straight)]
   for key in ('drop_a', 'drop_v', 'partners', 'stats'):
     np.testing.assert_equal(refined[0][key], refined[1][key], err_msg=key)
+  for stage in wd.TRAINING_STAGES:  # Every seed's best-val model, kept across the kills.
+    best = [wd.restore_params(w, stage, 'best_val') for w in (workdir, straight)]
+    assert best[0][1] == best[1][1], stage
+    np.testing.assert_equal(*(jax.tree.map(np.asarray, b[0]) for b in best), err_msg=stage)
   strip = lambda w: [{k: v for k, v in r.items() if k != 'seconds'} for r in _records(w)]
   assert strip(workdir) == strip(straight)
 
@@ -187,6 +193,17 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, straight_run):
   subprocess.run(_main_command(killed), cwd=ROOT, env=env, check=True,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   _assert_same_run(killed, straight)
+
+
+def test_a_killed_run_of_four_seeds_resumes_to_the_same_result(tmp_path, seed_runs):
+  """Killed in stage 1 and in stage 3 of a 4-seed run, resumed: the 4-seed run unharmed."""
+  four, _ = seed_runs
+  killed, flag = str(tmp_path / 'killed'), '--config.num_seeds=4'
+  _run_until(killed, os.environ, 'base', 2, flag)
+  _run_until(killed, os.environ, 'final', 1, flag)
+  subprocess.run(_main_command(killed, flag), cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+  _assert_same_run(killed, four)
 
 
 def kill_at_random(workdir, env, rng, records):
