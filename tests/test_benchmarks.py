@@ -5,6 +5,7 @@ import math
 import os
 import pathlib
 import re
+import subprocess
 
 # As benchmarks/run.py does, before torch loads OpenMP: spinning barriers on a shared CPU
 # would slow the quick run down several times.
@@ -340,3 +341,13 @@ def test_quick_suite_runs_every_section(tmp_path):
   assert json.loads(json_path.read_text()) == json.loads(json.dumps(out))
   text = results_path.read_text()
   assert report.MARKERS[0] in text and 'train step, batch 16' in text
+
+
+def test_gpu_script_is_valid_shell_and_times_the_main_command_with_its_flags():
+  script = pathlib.Path(__file__).resolve().parents[1] / 'benchmarks' / 'gpu.sh'
+  subprocess.run(['bash', '-n', str(script)], check=True)
+  config = ma.get_config()
+  for override in re.findall(r'--config\.([\w.]+)=', script.read_text()):
+    node = config
+    for part in override.split('.'):
+      node = node[part]  # A KeyError names an override the config lacks.
