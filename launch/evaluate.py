@@ -9,21 +9,55 @@ the seeds, and each seed's) on the data source of the workdir's config, and per-
 (means over the seeds), and writes
 eval_<split>.json (eval_<split>_best_val.json) beside the checkpoints (not
 report_test.json, which marks a finished stage for the pipeline).
+
+  python launch/evaluate.py --workdir=workdirs/ma_cr --split=test --predictions=DIR
+
+scores predictions instead, of this or any other method: DIR/events_audio.csv and
+DIR/events_visual.csv in the format of AVVP_eval_audio.csv (filename, onset, offset,
+event_labels; tab-separated; a clip with no row has no events), against the split's truth of
+the workdir's data source; writes DIR/report_<split>.json.
 """
 
 import os
 
 from absl import app, flags, logging
 
-from avvp_jax import metrics, stages, train, workdir as wd
-from avvp_jax.data import describe, load_splits
+from avvp_jax import events, metrics, stages, train, workdir as wd
+from avvp_jax.data import annotations, describe, load_splits
 from avvp_jax.models import HAN
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by launch/main.py.')
 _SPLIT = flags.DEFINE_enum('split', 'test', ['val', 'test'], 'Which split to evaluate.')
 _MODEL = flags.DEFINE_enum('model', 'last', list(wd.MODEL_SELECTIONS),
                            'Which epoch of each stage: the last, or the best on val Type@AV.')
+_PREDICTIONS = flags.DEFINE_string(
+    'predictions', None, 'A folder with events_audio.csv and events_visual.csv to score.')
 flags.mark_flags_as_required(['workdir'])
+
+
+def score_predictions(config, split, split_name: str, folder: str) -> None:
+  """Scores the two events files of `folder` against the split's truth; prints, reports."""
+  if not split.has_dense_truth:
+    raise SystemExit(f'The {split_name} split of {describe(config.data)} has no dense truth '
+                     'to score against.')
+  try:
+    pred = {m: events.read_predictions(os.path.join(folder, f'events_{m}.csv'), split.names)
+            for m in ('audio', 'visual')}
+  except (annotations.AnnotationError, FileNotFoundError) as e:
+    raise SystemExit(str(e)) from None
+  evaluation = {
+      'results': metrics.evaluate(pred['audio'], pred['visual'], split.gt_a, split.gt_v),
+      'per_class_audio': metrics.per_class_f(pred['audio'], split.gt_a),
+      'per_class_visual': metrics.per_class_f(pred['visual'], split.gt_v)}
+  data_name = describe(config.data)
+  print(metrics.format_table(evaluation['results'], title=(
+      f'predictions of {folder}, {split_name} on {data_name}')))
+  print(metrics.format_per_class(evaluation['per_class_audio'],
+                                 evaluation['per_class_visual']))
+  wd.write_report(os.path.join(folder, f'report_{split_name}.json'),
+                  metrics.summarise_seeds([evaluation]), seeds=[], per_seed=[],
+                  split=split_name, num_clips=len(split), step=None, config_name=config.name,
+                  data=data_name, model='predictions')
 
 
 def main(argv):
@@ -34,6 +68,9 @@ def main(argv):
   split_name, which = _SPLIT.value, _MODEL.value
   config = wd.load_config(workdir)
   split = load_splits(config.data)[split_name]
+  if _PREDICTIONS.value:
+    score_predictions(config, split, split_name, os.path.abspath(_PREDICTIONS.value))
+    return
   data_name = describe(config.data)
   model = HAN.from_config(config.model)
   seeds = stages.seed_list(config)

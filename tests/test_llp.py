@@ -325,3 +325,15 @@ def test_features_in_both_layouts_are_refused(release):
   with pytest.raises(ValueError, match=r'Both .*llp/res152 and .*llp/feats/res152 exist: set '
                                        r'config.data.video_dir'):
     load_splits(config.data)
+
+
+def test_a_folder_of_clips_without_its_feature_folders_is_a_clear_error(tmp_path):
+  with pytest.raises(llp.FeatureError, match=r'vggish: no such folder; expected the release'):
+    llp.read_feature_folder(str(tmp_path))
+  (tmp_path / 'vggish').mkdir()
+  with pytest.raises(llp.FeatureError, match=r'vggish: no \.npy feature files'):
+    llp.read_feature_folder(str(tmp_path))
+  np.save(tmp_path / 'vggish' / 'clipA.npy', np.zeros((10, 128), np.float32))
+  with pytest.raises(llp.FeatureError, match=r"res152/clipA.npy: feature file of clip 'clipA' "
+                                             'not found'):
+    llp.read_feature_folder(str(tmp_path))

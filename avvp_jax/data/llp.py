@@ -264,3 +264,24 @@ def load(data_config) -> dict[str, Split]:
   weak = read_weak_splits(folders['csv'])
   return {split: _read_split(sources[split], names, builder.data_dir)
           for split, (names, _) in weak.items()}
+
+
+def read_feature_folder(folder: str) -> Split:
+  """The clips of a folder in the release layout (vggish/, res152/, r2plus1d_18/ in it or in
+  its feats/), one .npy triple per clip, named by the files of vggish/: a Split without labels
+  (zeros) or dense truth, for running a trained model on new clips."""
+  dirs = {field: _default_folder(os.path.realpath(folder), default)
+          for field, (_, default, _) in FEATURE_FOLDERS.items()}
+  if not os.path.isdir(dirs['audio']):
+    raise FeatureError(f'{dirs["audio"]}: no such folder; expected the release layout\n'
+                       + MANUAL_DOWNLOAD_INSTRUCTIONS)
+  names = sorted(f[:-len('.npy')] for f in os.listdir(dirs['audio']) if f.endswith('.npy'))
+  if not names:
+    raise FeatureError(f'{dirs["audio"]}: no .npy feature files.')
+  arrays = {field: [] for field in FEATURE_FOLDERS}
+  for name in names:
+    for field, (_, _, shape) in FEATURE_FOLDERS.items():
+      x = load_feature(os.path.join(dirs[field], f'{name}.npy'), name, shape)
+      arrays[field].append(segment_mean(x) if field == 'video_2d' else x)
+  return Split(names=np.array(names), **{k: np.stack(v) for k, v in arrays.items()},
+               labels=np.zeros((len(names), NUM_CLASSES), np.float32))
