@@ -33,7 +33,8 @@ def check_placement(config) -> str:
   where the seeds go."""
   seeds = seed_list(config)
   mesh = train.make_mesh(len(seeds))
-  return (f'seeds {seeds} on {jax.device_count()} devices, mesh '
+  devices = jax.device_count()
+  return (f'seeds {seeds} on {devices} device{"s" if devices > 1 else ""}, mesh '
           f'{" x ".join(f"{name} {size}" for name, size in mesh.shape.items())}')
 
 

@@ -35,6 +35,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO, JAX its backends.
   slurm_tasks = int(os.environ.get('SLURM_NTASKS', '1'))
   if _DISTRIBUTED.value or _COORDINATOR.value or slurm_tasks > 1:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -46,7 +47,6 @@ def main(argv):
   if not jax.config.jax_compilation_cache_dir:  # Reruns and later stages skip XLA compiles.
     jax.config.update('jax_compilation_cache_dir',
                       os.path.expanduser('~/.cache/avvp_jax/xla'))
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   print(f'workdir: {os.path.abspath(workdir)}', flush=True)
   try:
     pipeline.run(config, workdir)
