@@ -137,6 +137,14 @@ def evaluate(pred_a, pred_v, gt_a, gt_v):
   return results
 
 
+def evaluate_with_classes(pred_a, pred_v, gt_a, gt_v) -> dict:
+  """{'results': the ten numbers (`evaluate`), 'per_class_audio' | 'per_class_visual': (C,)
+  segment-level F per class (`per_class_f`)}. All arguments (N, C, T) bool."""
+  return {'results': evaluate(pred_a, pred_v, gt_a, gt_v),
+          'per_class_audio': per_class_f(pred_a, gt_a),
+          'per_class_visual': per_class_f(pred_v, gt_v)}
+
+
 def per_class_f(pred, gt):
   """Segment-level F per class, pooled over all clips and segments of the split, x100.
 

@@ -212,10 +212,11 @@ def format_stats(stats: dict) -> str:
 def format_seed_stats(per_seed: list[dict]) -> str:
   """The drops, their precision and recall as mean ± sd over the seeds' statistics."""
   lines = [f'Refinement, mean ± sd over {len(per_seed)} seeds:']
+  cell = lambda key: metrics.format_mean_sd([p[key] for p in per_seed])
   for m in ('audio', 'visual'):
-    lines.append(f'  {m:6s} dropped ' + metrics.format_mean_sd([p[f'{m}/dropped'] for p in per_seed]) + ''.join(
-        f'  {name} ' + metrics.format_mean_sd([p[f'{m}/{name}'] for p in per_seed])
-        for name in ('precision', 'recall') if f'{m}/{name}' in per_seed[0]))
+    lines.append(f'  {m:6s} dropped {cell(f"{m}/dropped")}' + ''.join(
+        f'  {name} {cell(f"{m}/{name}")}' for name in ('precision', 'recall')
+        if f'{m}/{name}' in per_seed[0]))
   return '\n'.join(lines)
 
 

@@ -314,11 +314,7 @@ def predict(model: HAN, params, split: Split, batch_size: int,
 
 def _scores(out: dict, split: Split) -> dict:
   pred_a, pred_v = metrics.segment_predictions(out['frame_prob'], out['a_prob'], out['v_prob'])
-  return {
-      'results': metrics.evaluate(pred_a, pred_v, split.gt_a, split.gt_v),
-      'per_class_audio': metrics.per_class_f(pred_a, split.gt_a),
-      'per_class_visual': metrics.per_class_f(pred_v, split.gt_v),
-  }
+  return metrics.evaluate_with_classes(pred_a, pred_v, split.gt_a, split.gt_v)
 
 
 def evaluate_split(model: HAN, params, split: Split, batch_size: int, seeds: bool = False):

@@ -45,10 +45,7 @@ def score_predictions(config, split, split_name: str, folder: str) -> None:
             for m in ('audio', 'visual')}
   except (annotations.AnnotationError, FileNotFoundError) as e:
     raise SystemExit(str(e)) from None
-  evaluation = {
-      'results': metrics.evaluate(pred['audio'], pred['visual'], split.gt_a, split.gt_v),
-      'per_class_audio': metrics.per_class_f(pred['audio'], split.gt_a),
-      'per_class_visual': metrics.per_class_f(pred['visual'], split.gt_v)}
+  evaluation = metrics.evaluate_with_classes(pred['audio'], pred['visual'], split.gt_a, split.gt_v)
   data_name = describe(config.data)
   print(metrics.format_table(evaluation['results'], title=(
       f'predictions of {folder}, {split_name} on {data_name}')))
