@@ -1,4 +1,5 @@
-"""The MA pipeline (METHOD.md section 4): base training -> refinement -> retraining.
+"""The MA pipeline (METHOD.md section 4): base training -> refinement -> retraining, then
+the pictures.
 
 This module only sequences: it holds the workdir, checks the config against it, loads the
 data once and runs the stages of `stages.py` in order. Rerunning resumes: finished stages
@@ -27,6 +28,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.refine.enabled:
       out['refine'] = stages.refine_stage(config, workdir, splits)
       out['final'] = stages.train_stage(config, workdir, 'final', splits)
+    if config.plots:
+      stages.plot_stage(config, workdir, splits)
   if 'final' in out:
     gains = [{k: final['results'][k] - base['results'][k] for k in base['results']}
              for base, final in zip(out['base']['per_seed'], out['final']['per_seed'])]

@@ -6,6 +6,8 @@ training stage continues after its last saved epoch.
 """
 
 import hashlib
+import os
+import re
 import time
 
 import jax
@@ -15,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from avvp_jax import metrics, refine, train, workdir as wd
+from avvp_jax import metrics, plots, refine, train, workdir as wd
 from avvp_jax.data import Split, describe
 from avvp_jax.models import HAN
 
@@ -26,6 +28,29 @@ def seed_list(config) -> list[int]:
   if config.num_seeds < 1:
     raise ValueError(f'config.num_seeds must be at least 1, not {config.num_seeds}.')
   return [config.seed + s for s in range(config.num_seeds)]
+
+
+def one_seed(config, params, seed: int | None, source: str):
+  """(model, params, seed): one seed's model out of stacked parameters (S, ...) whose seeds
+  are config.seed, config.seed + 1, ...; the first seed if `seed` is None. Refuses a seed
+  that is not there, and parameters that are not those of `config.model`, naming `source`."""
+  seeds = [config.seed + s for s in range(jax.tree.leaves(params)[0].shape[0])]
+  seed = seeds[0] if seed is None else seed
+  if seed not in seeds:
+    raise ValueError(f'{source} holds the models of seeds {seeds}, not of seed {seed}.')
+  model = HAN.from_config(config.model)
+  params = jax.tree.map(lambda x: x[seeds.index(seed)], params)
+  shapes = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape)
+                         for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+  got, want = shapes(params), shapes(
+      jax.eval_shape(lambda: train.init_params(model, jax.random.key(0))))
+  if got != want:
+    differ = sorted(set(got.items()) ^ set(want.items()))[0][0]
+    raise ValueError(f'The parameters in {source} are not those of the model of config.model '
+                     f'(first difference at {differ}: {got.get(differ)} in the checkpoint, '
+                     f'{want.get(differ)} in the model). Give the config the model was '
+                     'trained with.')
+  return model, params, seed
 
 
 def check_placement(config) -> str:
@@ -128,9 +153,10 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
   """Trains fresh models of a stage ('base' or 'final'), one per seed of `seed_list`, in one
   vmapped program, on their targets; or finds them done.
 
-  Each epoch: train, evaluate val, append to metrics.jsonl (a record per seed), keep each
-  seed's best-val parameters, checkpoint. At the end, evaluate test and write the stage's
-  report_test.json (which marks it finished). Returns that report (`workdir.write_report`).
+  Each epoch: train, evaluate val, append to metrics.jsonl (a record per seed) and the
+  TensorBoard files, keep each seed's best-val parameters, checkpoint. At the end, evaluate
+  test and write the stage's report_test.json (which marks it finished). Returns that report
+  (`workdir.write_report`).
   """
   paths = wd.stage_paths(workdir, stage)
   report = wd.read_report(paths['report'])
@@ -160,6 +186,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
       best = ckpt.restore_best(state.params)
       print(f'[{stage}] resuming after epoch {meta["epoch"]} from {ckpt.directory}', flush=True)
     wd.truncate_metrics(workdir, stage, meta['epoch'])
+    wd.rewrite_tensorboard(workdir)
     for epoch in range(meta['epoch'] + 1, tc.epochs + 1):
       start = time.perf_counter()
       state, terms = train.train_epoch(
@@ -174,11 +201,12 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
       step = int(train.host(state.step)[0])
       records = [{'stage': stage, 'epoch': epoch, 'seed': seed, 'step': step,
                   'lr': float(schedule(step - 1)), 'train': _mean_terms(terms, s),
-                  'val': val['results'], 'seconds': seconds}
+                  'val': val['results'], 'seconds': seconds, 'time': time.time()}
                  for s, (seed, val) in enumerate(zip(seeds, vals))]
       print(_epoch_line(stage, epoch, tc.epochs, records), flush=True)
       for record in records:
         wd.append_metrics(workdir, record)
+      wd.append_tensorboard(workdir, records)
       improved = np.array([r['val']['segment/type'] > b
                            for r, b in zip(records, meta['best_val'])])
       if improved.any():
@@ -221,3 +249,88 @@ def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
     print(refine.format_seed_stats(stats['per_seed']))
   wd.save_refined(workdir, targets, stats)
   return stats
+
+
+def plot_stage(config, workdir: str, splits: dict[str, Split], *, split: str = 'test',
+               clips: list[str] | None = None, num_clips: int = 3, seed: int | None = None,
+               model: str = 'last', out: str | None = None) -> list[str]:
+  """The pictures of a run from what its workdir holds, as PNG files in `out` (default
+  <workdir>/plots); returns their paths. A picture whose input is not there yet is left out.
+
+  - timeline_<split>_<clip>.png: per clip of `split` (`clips`, or the first `num_clips` with
+    an event of one modality only), each trained stage's `model` of `seed` (default the
+    first) against the truth;
+  - refinement.png: training clips with labels that stage 2 dropped for `seed`, against the
+    truth where the split has it;
+  - per_class.png: per-class segment F on test of each finished stage (mean over the seeds);
+  - curves.png: the loss terms and val Type@AV per epoch, every stage and seed.
+  """
+  out = out or os.path.join(workdir, 'plots')
+  figures = _timelines(config, workdir, splits[split], split, clips, num_clips, seed, model)
+  refined = wd.load_refined(workdir)
+  if refined is not None:
+    seeds = seed_list(config)
+    s = seeds.index(seeds[0] if seed is None else seed)
+    figures['refinement.png'] = plots.refinement(
+        _refinement_examples(splits['train'], refined['drop_a'][s], refined['drop_v'][s]))
+  f = {}
+  for stage in wd.TRAINING_STAGES:
+    report = wd.read_report(wd.stage_paths(workdir, stage)['report'])
+    if report is not None:
+      f[stage] = {m: np.array([np.nan if v is None else v for v in report[key].values()])
+                  for m, key in (('audio', 'per_class_audio'), ('visual', 'per_class_visual'))}
+  if f:
+    figures['per_class.png'] = plots.per_class(f)
+  records = wd.read_metrics(workdir)
+  if records:
+    figures['curves.png'] = plots.curves(records)
+  paths = [os.path.join(out, name) for name in figures]
+  for path, fig in zip(paths, figures.values()):
+    wd.atomic_write(path, plots.png(fig))
+  print(f'plots: {len(paths)} pictures in {out}', flush=True)
+  return paths
+
+
+def _timelines(config, workdir: str, data: Split, split: str, clips, num_clips: int, seed,
+               model: str) -> dict:
+  """{file name: timeline figure} of the chosen clips, a row per trained stage."""
+  trained = [s for s in wd.TRAINING_STAGES if wd.checkpoint_epoch(workdir, s, model)]
+  if not trained:
+    return {}
+  if not data.has_dense_truth:
+    raise ValueError(f'The {split} split has no dense truth to draw the timelines against.')
+  if clips:
+    index = {str(n): i for i, n in enumerate(data.names)}
+    missing = [c for c in clips if c not in index]
+    if missing:
+      raise ValueError(f'Clips {missing} are not in the {split} split.')
+    chosen = data.take(np.array([index[c] for c in clips]))
+  else:
+    chosen = data.take(plots.pick_clips(data.gt_a, data.gt_v, num_clips))
+  preds = {}
+  for stage in trained:
+    params, epoch = wd.restore_params(workdir, stage, model)
+    net, params, shown = one_seed(config, params, seed, wd.checkpoint_dir(workdir, stage, model))
+    pred, _ = train.segment_outputs(net, params, chosen, config.train.eval_batch_size)
+    preds[f'{plots.STAGE_NAMES[stage]}, epoch {epoch}, seed {shown}'] = pred
+  return {f'timeline_{split}_{re.sub(r"[^A-Za-z0-9._-]", "_", str(name))}.png': plots.timeline(
+      f'{name} ({split})', {label: {m: p[m][k] for m in p} for label, p in preds.items()},
+      {'audio': chosen.gt_a[k], 'visual': chosen.gt_v[k]}) for k, name in enumerate(chosen.names)}
+
+
+def _refinement_examples(train_split: Split, drop_a: np.ndarray, drop_v: np.ndarray,
+                         per_modality: int = 4) -> list[dict]:
+  """The first training clips with an audio drop, then the first with a visual drop; drop_a,
+  drop_v: bool (N, 25)."""
+  picked = []
+  for drop in (drop_a, drop_v):
+    picked += [i for i in np.flatnonzero(drop.any(-1)) if i not in picked][:per_modality]
+  examples = []
+  for i in picked:
+    classes = np.flatnonzero(train_split.labels[i] > 0)
+    truth = ({'truth_a': train_split.gt_a[i].any(-1)[classes],
+              'truth_v': train_split.gt_v[i].any(-1)[classes]}
+             if train_split.has_dense_truth else {'truth_a': None, 'truth_v': None})
+    examples.append({'name': str(train_split.names[i]), 'classes': list(classes),
+                     'drop_a': drop_a[i, classes], 'drop_v': drop_v[i, classes], **truth})
+  return examples

@@ -114,12 +114,17 @@ def make_schedule(train_config, num_clips: int) -> optax.Schedule:
       decay_rate=train_config.lr_decay, staircase=True)
 
 
-def create_train_state(model: HAN, tx: optax.GradientTransformation, rng) -> TrainState:
-  """Initialises parameters (float32) and the optimiser state from `rng`."""
+def init_params(model: HAN, rng):
+  """Fresh parameters (float32) from `rng`."""
   t = 10
   dummy = [jnp.zeros((1, t, model.audio_dim)), jnp.zeros((1, t, model.video_2d_dim)),
            jnp.zeros((1, t, model.video_3d_dim))]
-  return train_state(model.init(rng, *dummy, train=False)['params'], tx)
+  return model.init(rng, *dummy, train=False)['params']
+
+
+def create_train_state(model: HAN, tx: optax.GradientTransformation, rng) -> TrainState:
+  """Initialises parameters and the optimiser state from `rng`."""
+  return train_state(init_params(model, rng), tx)
 
 
 def create_train_states(model: HAN, tx: optax.GradientTransformation, rngs) -> TrainState:
@@ -310,6 +315,16 @@ def predict(model: HAN, params, split: Split, batch_size: int,
   axis = 1 if seeds else 0
   return {k: np.concatenate([host(o[k]) for o in outs], axis).take(np.arange(n), axis)
           for k in outs[0]}
+
+
+def segment_outputs(model: HAN, params, split: Split, batch_size: int
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """One model's segment predictions and probabilities, by modality: ({'audio', 'visual':
+  bool (N, 25, 10)}, {'audio', 'visual': (N, 25, 10)})."""
+  out = predict(model, params, split, batch_size)
+  pred = metrics.segment_predictions(out['frame_prob'], out['a_prob'], out['v_prob'])
+  prob = np.moveaxis(out['frame_prob'], 1, -1)  # (N, 2, 25, 10)
+  return dict(zip(('audio', 'visual'), pred)), {'audio': prob[:, 0], 'visual': prob[:, 1]}
 
 
 def _scores(out: dict, split: Split) -> dict:

@@ -3,6 +3,7 @@
   <workdir>/
     config.json             the run's config; another config is refused (`check_or_save_config`)
     metrics.jsonl           one record per epoch, training stage and seed
+    tensorboard/seed_<s>/   the same as TensorBoard scalars, one run per seed
     .lock                   held by the live run (`hold`); a dead run's lock is released by the OS
     base/checkpoints/       Orbax: train state + meta of the last epoch (resume)
     base/best/              Orbax: parameters of the best validation epoch
@@ -15,8 +16,8 @@ Every model, refined label set and report holds all `config.num_seeds` seeds: th
 stacked on a leading axis of S (1 in a one-seed run).
 
 Every file is written whole or not at all (`atomic_write`, Orbax's own commit), except
-metrics.jsonl, which is appended to and whose line cut by a kill the next run drops
-(`truncate_metrics`); so a run killed at any moment leaves a workdir that the next run
+metrics.jsonl and the TensorBoard files, which are appended to; the next run drops a line
+cut by a kill (`truncate_metrics`) and rewrites the TensorBoard files; so a run killed at any moment leaves a workdir that the next run
 resumes. Nothing here computes.
 
 With several processes (hosts), only process 0 writes files, holds the lock and the config;
@@ -29,7 +30,7 @@ import fcntl
 import json
 import math
 import os
-import tempfile
+import secrets
 
 import jax
 import ml_collections
@@ -37,15 +38,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from avvp_jax import tfevents
 from avvp_jax.data.classes import CLASSES
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 LOCK_FILE = '.lock'
+TENSORBOARD_DIR = 'tensorboard'
+EVENTS_FILE = 'events.out.tfevents.avvp'  # TensorBoard reads the files named *tfevents*.
 TRAINING_STAGES = ('base', 'final')
-# How the work is batched, not what is computed: these may differ when a workdir is resumed
-# (and be missing from a workdir saved before they existed).
-SPEED_ONLY = ('train.steps_per_call', 'train.eval_batch_size', 'refine.batch_size')
+# How the work is batched and whether it is drawn, not what is computed: these may differ when
+# a workdir is resumed (and be missing from a workdir saved before they existed).
+NOT_COMPUTED = ('train.steps_per_call', 'train.eval_batch_size', 'refine.batch_size', 'plots')
 MODEL_SELECTIONS = ('last', 'best_val')
 
 
@@ -58,16 +62,18 @@ def writes_files() -> bool:
   return jax.process_index() == 0
 
 
-def atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str | bytes) -> None:
   """Writes `path` whole or not at all: a temp file beside it, fsync, then a rename. Only
   process 0 writes (`writes_files`)."""
   if not writes_files():
     return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
+  tmp = os.path.join(directory, f'.tmp-{os.getpid()}-{secrets.token_hex(4)}')
+  # Not mkstemp, whose 0600 would hide the file from others sharing the workdir.
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
-    with os.fdopen(fd, 'w') as f:
+    with os.fdopen(fd, 'wb' if isinstance(text, bytes) else 'w') as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
@@ -125,7 +131,7 @@ def _flatten(d: dict, prefix: str = '') -> dict:
 
 def check_or_save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Saves the config in a new workdir; refuses a workdir that holds another config's run
-  (one that differs in more than the SPEED_ONLY keys)."""
+  (one that differs in more than the NOT_COMPUTED keys)."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     atomic_write(path, config.to_json(indent=2))  # Process 0; the processes agree on it.
@@ -133,7 +139,7 @@ def check_or_save_config(config: ml_collections.ConfigDict, workdir: str) -> Non
   with open(path) as f:
     old, new = _flatten(json.load(f)), _flatten(json.loads(config.to_json()))
   diff = sorted(k for k in old.keys() | new.keys()
-                if old.get(k) != new.get(k) and k not in SPEED_ONLY)
+                if old.get(k) != new.get(k) and k not in NOT_COMPUTED)
   if diff:
     lines = '\n'.join(f'  {k}: {old.get(k)!r} in the workdir, {new.get(k)!r} now' for k in diff)
     raise ValueError(
@@ -155,6 +161,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 # Paths.
+
+
+def workdir_of(path: str) -> str:
+  """The workdir that holds `path` (the nearest folder above it with a config.json)."""
+  here = os.path.abspath(path)
+  while not os.path.exists(os.path.join(here, CONFIG_FILE)):
+    if os.path.dirname(here) == here:
+      raise FileNotFoundError(f'{path} is not inside a workdir of launch/main.py (no '
+                              f'{CONFIG_FILE} above it): give its model\'s --config.')
+    here = os.path.dirname(here)
+  return here
 
 
 def stage_paths(workdir: str, stage: str) -> dict[str, str]:
@@ -211,6 +228,48 @@ def truncate_metrics(workdir: str, stage: str, last_epoch: int) -> None:
       keep.append(line)
   if keep != lines:
     atomic_write(path, ''.join(line + '\n' for line in keep))
+
+
+# TensorBoard: a view of metrics.jsonl, one run per seed.
+
+
+def tensorboard_file(workdir: str, seed: int) -> str:
+  return os.path.join(workdir, TENSORBOARD_DIR, f'seed_{seed}', EVENTS_FILE)
+
+
+def _scalars(record: dict) -> list[tuple[str, int, float, float]]:
+  """A metrics record as TensorBoard scalars, stepped by epoch: <stage>/train/<loss term>,
+  <stage>/val/<metric>, <stage>/lr."""
+  stage, epoch, wall_time = record['stage'], record['epoch'], record.get('time', 0.0)
+  return ([(f'{stage}/{group}/{k}', epoch, v, wall_time)
+           for group in ('train', 'val') for k, v in record[group].items()]
+          + [(f'{stage}/lr', epoch, record['lr'], wall_time)])
+
+
+def rewrite_tensorboard(workdir: str) -> None:
+  """Rewrites every seed's event file from metrics.jsonl, whole: after `truncate_metrics`,
+  it drops what a killed run logged of the epochs that are redone."""
+  by_seed = {}
+  for record in read_metrics(workdir):
+    by_seed.setdefault(record['seed'], []).extend(_scalars(record))
+  for seed, scalars in by_seed.items():
+    atomic_write(tensorboard_file(workdir, seed),
+                 tfevents.file_header(scalars[0][3]) + tfevents.scalar_records(scalars))
+
+
+def append_tensorboard(workdir: str, records: list[dict]) -> None:
+  """Appends the records of one epoch (one per seed) to the seeds' event files, so that a
+  live `tensorboard` sees each epoch."""
+  if not writes_files():
+    return
+  for record in records:
+    path = tensorboard_file(workdir, record['seed'])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    new = not os.path.exists(path)
+    with open(path, 'ab') as f:
+      scalars = _scalars(record)
+      f.write((tfevents.file_header(scalars[0][3]) if new else b'')
+              + tfevents.scalar_records(scalars))
 
 
 # Reports.
@@ -274,6 +333,9 @@ def _options(**kwargs) -> ocp.CheckpointManagerOptions:
   return ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True, **kwargs)
 
 
+_READ_ONLY = ocp.CheckpointManagerOptions(create=False)
+
+
 def _replicated_like_saved(mngr: ocp.CheckpointManager, step: int, item: str):
   """The saved tree's shapes and dtypes, replicated over this process's devices: restores a
   checkpoint written on any number of devices."""
@@ -283,19 +345,13 @@ def _replicated_like_saved(mngr: ocp.CheckpointManager, step: int, item: str):
                       getattr(tree, 'tree', tree))
 
 
-def _restore_latest(directory: str, item: str):
-  """(item `item` of the latest checkpoint in `directory`, its step), as saved (plain nested
-  dicts), replicated over this process's devices."""
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoint in {directory}.')
+def _restore(directory: str, item: str, step: int):
+  """Item `item` of checkpoint `step` in `directory`, as saved (plain nested dicts),
+  replicated over this process's devices."""
   handlers = {item: ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(directory, item_handlers=handlers) as mngr:
-    step = mngr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'No checkpoint in {directory}.')
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore(_replicated_like_saved(mngr, step, item))}))
-    return restored[item], step
+  with ocp.CheckpointManager(directory, item_handlers=handlers, options=_READ_ONLY) as mngr:
+    return mngr.restore(step, args=ocp.args.Composite(
+        **{item: ocp.args.StandardRestore(_replicated_like_saved(mngr, step, item))}))[item]
 
 
 def checkpoint_dir(workdir: str, stage: str, which: str = 'last') -> str:
@@ -305,15 +361,31 @@ def checkpoint_dir(workdir: str, stage: str, which: str = 'last') -> str:
   return stage_paths(workdir, stage)['best' if which == 'best_val' else 'checkpoints']
 
 
+def restore_checkpoint(path: str):
+  """(params, epoch) of a checkpoint folder of a training stage: `checkpoints/` or `best/`
+  (its latest epoch), or one epoch in them (`.../best/6`). The parameters are those of
+  every seed, stacked on a leading axis (S, ...)."""
+  path = os.path.abspath(path)
+  directory, step = path, None
+  if os.path.basename(path).isdigit():
+    directory, step = os.path.dirname(path), int(os.path.basename(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'No checkpoint in {path}: no such folder.')
+  with ocp.CheckpointManager(directory, options=_READ_ONLY) as mngr:
+    saved = mngr.latest_step() if step is None else step
+    if saved not in mngr.all_steps():
+      raise FileNotFoundError(f'No checkpoint in {path}: give a stage\'s checkpoints/ or best/ '
+                              'folder of a launch/main.py workdir, or one epoch in them.')
+  is_best = os.path.isdir(os.path.join(directory, str(saved), 'params'))
+  restored = _restore(directory, 'params' if is_best else 'state', saved)
+  return (restored if is_best else restored['params']), saved
+
+
 def restore_params(workdir: str, stage: str, which: str = 'last'):
   """(params, epoch) of a training stage: its last epoch or its best validation epoch. The
   parameters are those of every seed, stacked on a leading axis (S, ...); `epoch` is the
   checkpoint's (for best_val, the last epoch at which a seed improved)."""
-  directory = checkpoint_dir(workdir, stage, which)
-  if which == 'best_val':
-    return _restore_latest(directory, 'params')
-  state, epoch = _restore_latest(directory, 'state')
-  return state['params'], epoch
+  return restore_checkpoint(checkpoint_dir(workdir, stage, which))
 
 
 def checkpoint_epoch(workdir: str, stage: str, which: str = 'last'):

@@ -64,6 +64,8 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   # Models trained side by side in one vmapped program, with seeds seed, seed + 1, ...; every
   # number is then reported as mean ± sd over them, and per seed.
   config.num_seeds = 1
+  # Draw the run's pictures into <workdir>/plots at its end (`stages.plot_stage`).
+  config.plots = True
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'synthetic'  # 'synthetic' (built in) or 'llp' (the public release).

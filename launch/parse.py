@@ -2,11 +2,14 @@
 
   python launch/parse.py --workdir=workdirs/ma_cr [--stage=final] [--model=last]
                          [--split=test | --features=DIR] [--seed=S] [--out=DIR]
+  python launch/parse.py --checkpoint=DIR [--config=configs/ma.py] --features=DIR ...
 
-The model is a stage's last or best-val checkpoint of one seed of the workdir (the first by
-default). The clips are a split of the workdir's data source, or a folder in the release
-layout (vggish/, res152/, r2plus1d_18/, one .npy per clip). Writes, into --out (default
-<workdir>/<stage>/events_<split or folder name>/):
+The model is one seed (the first by default) of a stage's last or best-val checkpoint in a
+workdir, or of a checkpoint folder (a stage's checkpoints/ or best/, or one epoch in them),
+whose model is that of --config (default: the config.json of the workdir holding it). The
+clips are a split of the config's data source, or a folder in the release layout (vggish/,
+res152/, r2plus1d_18/, one .npy per clip). Writes, into --out (default
+<workdir>/<stage>/events_<split or folder name>/; needed with --checkpoint):
   events_audio.csv, events_visual.csv   as AVVP_eval_audio.csv / AVVP_eval_visual.csv:
                                         filename, onset, offset, event_labels (tab-separated)
   events.json                           the same events with their confidence, the mean
@@ -18,15 +21,19 @@ numbers for that seed.
 import json
 import os
 
-import jax
-import numpy as np
 from absl import app, flags, logging
+from ml_collections import config_flags
 
-from avvp_jax import events, metrics, stages, train, workdir as wd
+from avvp_jax import events, stages, train, workdir as wd
 from avvp_jax.data import load_splits, llp
-from avvp_jax.models import HAN
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by launch/main.py.')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, "Instead of --workdir: a checkpoint folder, a stage's checkpoints/ or "
+    'best/ or one epoch in them.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, "With --checkpoint: the model's config file, default the config.json of "
+    'the workdir holding the checkpoint.')
 _STAGE = flags.DEFINE_enum('stage', 'final', list(wd.TRAINING_STAGES), 'Whose model.')
 _MODEL = flags.DEFINE_enum('model', 'last', list(wd.MODEL_SELECTIONS),
                            'The last epoch, or the best on val Type@AV.')
@@ -36,42 +43,51 @@ _FEATURES = flags.DEFINE_string('features', None,
                                 'A folder of clips in the release layout, instead of --split.')
 _SEED = flags.DEFINE_integer('seed', None, "Which seed's model; default the workdir's first.")
 _OUT = flags.DEFINE_string('out', None, 'Where the files go.')
-flags.mark_flags_as_required(['workdir'])
+flags.mark_flags_as_mutual_exclusive(['workdir', 'checkpoint'], required=True)
+
+
+def _model_source():
+  """(config, stacked params, epoch, where the checkpoint is, default output folder)."""
+  if _CHECKPOINT.value:
+    path = os.path.abspath(_CHECKPOINT.value)
+    params, epoch = wd.restore_checkpoint(path)
+    if not _OUT.value:
+      raise app.UsageError('With --checkpoint, say where the events go: --out=DIR.')
+    config = _CONFIG.value or wd.load_config(wd.workdir_of(path))
+    return config, params, epoch, path, None
+  workdir = os.path.abspath(_WORKDIR.value)
+  config = wd.load_config(workdir)
+  params, epoch = wd.restore_params(workdir, _STAGE.value, _MODEL.value)
+  return (config, params, epoch, wd.checkpoint_dir(workdir, _STAGE.value, _MODEL.value),
+          wd.stage_paths(workdir, _STAGE.value)['dir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  workdir = os.path.abspath(_WORKDIR.value)
-  config = wd.load_config(workdir)
-  seeds = stages.seed_list(config)
-  seed = seeds[0] if _SEED.value is None else _SEED.value
-  if seed not in seeds:
-    raise app.UsageError(f'--seed={seed}: {workdir} holds the models of seeds {seeds}.')
+  config, params, epoch, checkpoint, default_out = _model_source()
+  try:
+    model, params, seed = stages.one_seed(config, params, _SEED.value, checkpoint)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if _FEATURES.value:
     split, source = llp.read_feature_folder(_FEATURES.value), os.path.abspath(_FEATURES.value)
   else:
     split, source = load_splits(config.data)[_SPLIT.value], _SPLIT.value
-  params, epoch = wd.restore_params(workdir, _STAGE.value, _MODEL.value)
-  params = jax.tree.map(lambda x: x[seeds.index(seed)], params)
-  out = train.predict(HAN.from_config(config.model), params, split,
-                      config.train.eval_batch_size)
-  pred = dict(zip(('audio', 'visual'), metrics.segment_predictions(
-      out['frame_prob'], out['a_prob'], out['v_prob'])))
-  prob = np.moveaxis(out['frame_prob'], 1, -1)  # (N, 2, 25, 10)
-  found = {m: events.to_events(pred[m], split.names, prob[:, i]) for i, m in enumerate(pred)}
+  pred, prob = train.segment_outputs(model, params, split, config.train.eval_batch_size)
+  found = {m: events.to_events(pred[m], split.names, prob[m]) for m in pred}
   folder = _OUT.value or os.path.join(
-      wd.stage_paths(workdir, _STAGE.value)['dir'],
+      default_out,
       f'events_{os.path.basename(source.rstrip("/")) if _FEATURES.value else source}')
   for m, rows in found.items():
     events.write_events_csv(os.path.join(folder, f'events_{m}.csv'), rows)
   wd.atomic_write(os.path.join(folder, 'events.json'), json.dumps({
-      'workdir': workdir, 'stage': _STAGE.value, 'model': _MODEL.value, 'epoch': epoch,
-      'seed': seed, 'clips': source, 'num_clips': len(split), 'events': found}, indent=1) + '\n')
+      'checkpoint': checkpoint, 'epoch': epoch, 'seed': seed, 'clips': source,
+      'num_clips': len(split), 'events': found}, indent=1) + '\n')
   print(f'{len(split)} clips of {source}: {len(found["audio"])} audio and '
-        f'{len(found["visual"])} visual events from the {_MODEL.value} {_STAGE.value} model '
-        f'(epoch {epoch}, seed {seed}) -> {folder}')
+        f'{len(found["visual"])} visual events from {checkpoint} (epoch {epoch}, seed {seed}) '
+        f'-> {folder}')
 
 
 if __name__ == '__main__':

@@ -1,9 +1,11 @@
-"""The entry points beside main.py: parse.py -> evaluate.py --predictions, and the scripts
-for Cloud TPU and SLURM (valid shell, only flags main.py defines)."""
+"""The entry points beside main.py: parse.py -> evaluate.py --predictions, plots.py, and the
+scripts for Cloud TPU and SLURM (valid shell, only flags main.py defines)."""
 
 import json
+import os
 import pathlib
 import re
+import struct
 import subprocess
 import sys
 
@@ -34,16 +36,24 @@ def _launch(script, *flags):
                         check=True, capture_output=True, text=True).stdout
 
 
-def test_parse_then_evaluate_the_events_files_gives_the_stage_report(tmp_path):
-  """parse.py -> events_*.csv -> evaluate.py --predictions: exactly the stage's test numbers;
-  a folder of .npy triples in the release layout gives the same events for its clips."""
+@pytest.fixture(scope='module')
+def base_run(tmp_path_factory):
+  """(config, workdir, test report) of a one-epoch run without refinement."""
   config = ma.get_config('cr')
   config.update_from_flattened_dict({
       'model.d_model': 32, 'model.ffn_dim': 32, 'data.synthetic.num_train': 32,
       'data.synthetic.num_val': 8, 'data.synthetic.num_test': 24, 'train.epochs': 1,
       'refine.enabled': False, 'train.lr': 3e-3})
-  workdir = tmp_path / 'run'
-  want = pipeline.run(config, str(workdir))['base']['results']
+  workdir = tmp_path_factory.mktemp('base_run') / 'run'
+  return config, workdir, pipeline.run(config, str(workdir))['base']
+
+
+def test_parse_then_evaluate_the_events_files_gives_the_stage_report(tmp_path, base_run):
+  """parse.py -> events_*.csv -> evaluate.py --predictions: exactly the stage's test numbers,
+  also from a checkpoint folder; a folder of .npy triples in the release layout gives the
+  same events for its clips."""
+  config, workdir, report = base_run
+  want = report['results']
   printed = _launch('parse.py', f'--workdir={workdir}', '--stage=base', '--split=test')
   folder = workdir / 'base' / 'events_test'
   assert '24 clips of test' in printed and str(folder) in printed
@@ -52,6 +62,13 @@ def test_parse_then_evaluate_the_events_files_gives_the_stage_report(tmp_path):
   _launch('evaluate.py', f'--workdir={workdir}', '--split=test', f'--predictions={folder}')
   got = json.loads((folder / 'report_test.json').read_text())
   assert got['results'] == want and got['model'] == 'predictions'
+
+  # A checkpoint folder, its model from the workdir above it: the same events.
+  _launch('parse.py', f'--checkpoint={workdir / "base" / "checkpoints"}', '--split=test',
+          f'--out={tmp_path / "from_checkpoint"}')
+  for m in ('audio', 'visual'):
+    assert ((tmp_path / 'from_checkpoint' / f'events_{m}.csv').read_text()
+            == (folder / f'events_{m}.csv').read_text())
 
   # The same clips as files: vggish/ (10, 128), res152/ (80, 2048: 8 frames per segment),
   # r2plus1d_18/ (10, 512), named by the clip.
@@ -68,3 +85,21 @@ def test_parse_then_evaluate_the_events_files_gives_the_stage_report(tmp_path):
   for m in ('audio', 'visual'):
     mine = [e for e in split_events[m] if e['filename'] in set(test.names[:3])]
     assert [{**e, 'confidence': pytest.approx(e['confidence'])} for e in mine] == parsed[m]
+
+
+def test_plots_entry_draws_the_chosen_clips_and_what_the_workdir_holds(tmp_path, base_run):
+  """The main command's pictures of a run without refinement: no refinement.png, one row
+  per timeline; plots.py redraws them for chosen clips, or names a clip that is not there."""
+  config, workdir, _ = base_run
+  drawn = sorted(os.listdir(workdir / 'plots'))
+  assert drawn[:2] == ['curves.png', 'per_class.png'] and len(drawn) == 5
+  assert all(name.startswith('timeline_test_') for name in drawn[2:])
+  name = str(load_splits(config.data)['test'].names[5])
+  printed = _launch('plots.py', f'--workdir={workdir}', f'--clips={name}',
+                    f'--out={tmp_path / "pictures"}')
+  assert f'timeline_test_{name}.png' in printed
+  png = (tmp_path / 'pictures' / f'timeline_test_{name}.png').read_bytes()
+  assert struct.unpack('>II', png[16:24]) == (1000, 600)  # One row: stage 1 only.
+  bad = subprocess.run([sys.executable, str(ROOT / 'launch' / 'plots.py'),
+                        f'--workdir={workdir}', '--clips=nope'], capture_output=True, text=True)
+  assert bad.returncode != 0 and "Clips ['nope'] are not in the test split" in bad.stderr

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from avvp_jax import pipeline, train, workdir as wd
+from avvp_jax import pipeline, plots, train, workdir as wd
 from avvp_jax.data import load_splits
 from avvp_jax.models import HAN
 from configs import ma
@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {
     'model.d_model': 32, 'model.ffn_dim': 32,
     'data.synthetic.num_train': 48, 'data.synthetic.num_val': 16, 'data.synthetic.num_test': 16,
-    'train.epochs': 3, 'train.lr_decay_every': 2,
+    'train.epochs': 3, 'train.lr_decay_every': 2, 'plots': False,
 }
 
 
@@ -39,7 +39,7 @@ def _records(workdir):
 
 def test_three_stages_chain_through_the_workdir(tmp_path, capsys):
   workdir = str(tmp_path / 'run')
-  config = _tiny_config()
+  config = _tiny_config(plots=True)
   out = pipeline.run(config, workdir)
   assert set(out) == {'base', 'refine', 'final'}
   printed = capsys.readouterr().out.split('stage 3 - stage 1 (test, points of F)\n')[1]
@@ -71,6 +71,14 @@ def test_three_stages_chain_through_the_workdir(tmp_path, capsys):
       (s, e) for s in ('base', 'final') for e in (1, 2, 3)]
   assert records[0]['lr'] == pytest.approx(3e-4) and records[2]['lr'] == pytest.approx(3e-5)
   assert {'global', 'audio', 'visual', 'contrastive', 'total'} == set(records[0]['train'])
+  assert os.path.exists(wd.tensorboard_file(workdir, 0))
+
+  # The pictures, drawn at the end: the first 3 test clips with an event of one modality.
+  test = load_splits(config.data)['test']
+  clips = test.names[plots.pick_clips(test.gt_a, test.gt_v, 3)]
+  assert sorted(os.listdir(os.path.join(workdir, 'plots'))) == sorted(
+      [f'timeline_test_{name}.png' for name in clips]
+      + ['curves.png', 'per_class.png', 'refinement.png'])
 
   # Rerunning finds every stage done and changes nothing.
   report = wd.stage_paths(workdir, 'final')['report']
@@ -181,7 +189,8 @@ def _assert_same_run(workdir, straight):
     best = [wd.restore_params(w, stage, 'best_val') for w in (workdir, straight)]
     assert best[0][1] == best[1][1], stage
     np.testing.assert_equal(*(jax.tree.map(np.asarray, b[0]) for b in best), err_msg=stage)
-  strip = lambda w: [{k: v for k, v in r.items() if k != 'seconds'} for r in _records(w)]
+  strip = lambda w: [{k: v for k, v in r.items() if k not in ('seconds', 'time')}
+                     for r in _records(w)]
   assert strip(workdir) == strip(straight)
 
 

@@ -7,18 +7,20 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from avvp_jax import pipeline, refine, stages, train, workdir as wd
 from avvp_jax.data import Split, load_splits
+from avvp_jax.models import HAN
 from configs import ma
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {
     'model.d_model': 32, 'model.ffn_dim': 32,
     'data.synthetic.num_train': 48, 'data.synthetic.num_val': 16, 'data.synthetic.num_test': 16,
-    'train.epochs': 2, 'train.lr_decay_every': 2,
+    'train.epochs': 2, 'train.lr_decay_every': 2, 'plots': False,
 }
 
 
@@ -182,3 +184,20 @@ def test_a_kill_during_stage_2_or_a_save_resumes_to_the_same_result(tmp_path, wh
   assert _reports(killed) == _reports(straight)
   for key in ('drop_a', 'drop_v', 'partners'):
     np.testing.assert_array_equal(wd.load_refined(killed)[key], wd.load_refined(straight)[key])
+
+
+def test_one_seed_takes_a_seed_out_of_stacked_parameters_or_says_why_not():
+  config = _tiny_config(seed=5)
+  model = HAN.from_config(config.model)
+  stacked = jax.tree.map(lambda *x: jnp.stack(x), *(
+      train.init_params(model, jax.random.key(k)) for k in (0, 1)))
+  _, params, seed = stages.one_seed(config, stacked, 6, 'ckpt')
+  assert seed == 6
+  np.testing.assert_array_equal(params['fc_prob']['kernel'], stacked['fc_prob']['kernel'][1])
+  assert stages.one_seed(config, stacked, None, 'ckpt')[2] == 5
+  with pytest.raises(ValueError, match=r'ckpt holds the models of seeds \[5, 6\], not of seed 0'):
+    stages.one_seed(config, stacked, 0, 'ckpt')
+  with pytest.raises(ValueError, match=r"ckpt are not those of the model of config.model \("
+                                       r"first difference at \['fc_a'\]\['bias'\]: \(32,\) in "
+                                       r"the checkpoint, \(16,\) in the model"):
+    stages.one_seed(_tiny_config(**{'model.d_model': 16}), stacked, None, 'ckpt')

@@ -30,17 +30,17 @@ def test_another_config_in_the_same_workdir_is_refused(tmp_path):
     wd.check_or_save_config(_config(**{'loss.tau': 0.1}), str(tmp_path))
 
 
-def test_speed_only_keys_may_differ_on_resume(tmp_path):
-  """Steps per call and batch sizes of evaluation and stage 2 change no result: a workdir
-  saved with others, or before such a key existed, resumes."""
+def test_keys_that_change_no_result_may_differ_on_resume(tmp_path):
+  """Steps per call, batch sizes of evaluation and stage 2, and whether pictures are drawn
+  change no result: a workdir saved with others, or before such a key existed, resumes."""
   path = tmp_path / wd.CONFIG_FILE
   wd.check_or_save_config(_config(), str(tmp_path))
   saved = json.loads(path.read_text())
-  del saved['train']['steps_per_call']
+  del saved['train']['steps_per_call'], saved['plots']
   path.write_text(json.dumps(saved))
   wd.check_or_save_config(
       _config(**{'train.steps_per_call': 7, 'train.eval_batch_size': 8,
-                 'refine.batch_size': 64}), str(tmp_path))
+                 'refine.batch_size': 64, 'plots': False}), str(tmp_path))
   assert json.loads(path.read_text()) == saved  # The run's own record stays.
 
 
@@ -171,6 +171,60 @@ def test_hold_waits_for_nobody(tmp_path):
     proc.kill()
     proc.wait()
   assert time.perf_counter() - start < 5
+
+
+def _record(stage, epoch, seed):
+  return {'stage': stage, 'epoch': epoch, 'seed': seed, 'lr': 1e-3 / epoch,
+          'train': {'total': 3.0 - epoch + seed}, 'val': {'segment/type': 50.0 + epoch},
+          'time': 1000.0 + epoch}
+
+
+def _tensorboard_steps(workdir, seed, tag):
+  accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+  acc = accumulator.EventAccumulator(os.path.dirname(wd.tensorboard_file(workdir, seed)))
+  acc.Reload()
+  return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_files_follow_the_metrics_log_through_a_resume(tmp_path):
+  """Each seed's event file gets every epoch as it is logged; a resume that drops the
+  epochs after the last checkpoint drops them from TensorBoard too."""
+  workdir = str(tmp_path)
+  for epoch in (1, 2, 3):
+    records = [_record('base', epoch, seed) for seed in (0, 1)]
+    for r in records:
+      wd.append_metrics(workdir, r)
+    wd.append_tensorboard(workdir, records)
+  assert _tensorboard_steps(workdir, 1, 'base/train/total') == [(1, 3.0), (2, 2.0), (3, 1.0)]
+  assert [s for s, _ in _tensorboard_steps(workdir, 0, 'base/val/segment/type')] == [1, 2, 3]
+  wd.truncate_metrics(workdir, 'base', 1)  # What a resume after epoch 1 does.
+  wd.rewrite_tensorboard(workdir)
+  for seed in (0, 1):
+    assert _tensorboard_steps(workdir, seed, 'base/train/total') == [(1, 2.0 + seed)]
+    assert _tensorboard_steps(workdir, seed, 'base/lr') == [(1, pytest.approx(1e-3))]
+
+
+def test_restore_checkpoint_of_a_folder_or_of_one_epoch(tmp_path):
+  workdir = str(tmp_path)
+  wd.check_or_save_config(_config(), workdir)
+  state = {'params': {'w': jnp.arange(3.0)}, 'step': jnp.int32(5)}
+  with wd.StageCheckpoints(workdir, 'final') as ckpt:
+    for epoch in (1, 2):
+      ckpt.save_best(epoch, {'w': jnp.arange(3.0) + epoch})
+    ckpt.save(2, state, {'epoch': 2, 'best_val': [50.0], 'best_epoch': [2]})
+  best = os.path.join(workdir, 'final', 'best')
+  for path, want_epoch, want in ((best, 2, [2, 3, 4]), (os.path.join(best, '1'), 1, [1, 2, 3]),
+                                 (os.path.join(workdir, 'final', 'checkpoints'), 2, [0, 1, 2])):
+    params, epoch = wd.restore_checkpoint(path)
+    assert epoch == want_epoch
+    np.testing.assert_array_equal(params['w'], want)
+    assert wd.workdir_of(path) == workdir
+  with pytest.raises(FileNotFoundError, match='No checkpoint in .*final: give a stage'):
+    wd.restore_checkpoint(os.path.join(workdir, 'final'))
+  with pytest.raises(FileNotFoundError, match='No checkpoint in .*best/7: no such folder'):
+    wd.restore_checkpoint(os.path.join(best, '7'))
+  with pytest.raises(FileNotFoundError, match='not inside a workdir'):
+    wd.workdir_of(str(tmp_path.parent))
 
 
 def test_stage_checkpoints_restore_and_drop_a_best_newer_than_the_last_epoch(tmp_path):

@@ -29,6 +29,11 @@ class Split:
   def __len__(self) -> int:
     return len(self.names)
 
+  def take(self, idx) -> 'Split':
+    """The clips `idx` (an index array), in that order."""
+    return Split(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[idx]
+                    for f in dataclasses.fields(self)})
+
   @property
   def has_dense_truth(self) -> bool:
     return self.gt_a is not None and self.gt_v is not None
