@@ -130,7 +130,8 @@ def per_class(f: dict[str, dict[str, np.ndarray]]) -> Figure:
   Args:
     f: {stage ('base', 'final'): {'audio', 'visual': (25,) F in points, NaN where undefined}}.
   Returns:
-    A 12 x 8 inch figure, a panel per modality, a bar per class and stage.
+    A 12 x 8 inch figure, a panel per modality, a bar per class and stage; an F of 0 is
+    written '0', an undefined one (no event in truth or prediction) 'n/a'.
   """
   fig = Figure(figsize=(12, 8))
   axes = fig.subplots(1, 2, sharey=True)
@@ -143,8 +144,9 @@ def per_class(f: dict[str, dict[str, np.ndarray]]) -> Figure:
       at = y + (k - (len(f) - 1) / 2) * height
       ax.barh(at, np.nan_to_num(values), height, color=STAGE_COLOURS.get(stage),
               label=f'{STAGE_NAMES.get(stage, stage)}, class mean {mean:.1f}')
-      for where in at[np.isnan(values)]:  # No event of the class in truth or prediction.
-        ax.text(1, where, 'n/a', va='center', fontsize=6)
+      for where, value in zip(at, values):  # Else an F of 0 looks like a missing bar.
+        if not value > 0:
+          ax.text(1, where, 'n/a' if np.isnan(value) else '0', va='center', fontsize=6)
     ax.set_title(f'{modality}: segment-level F per class', fontsize=10)
     ax.set_xlim(0, 100)
     ax.set_xlabel('F (%)', fontsize=8)
