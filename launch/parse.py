@@ -49,12 +49,14 @@ flags.mark_flags_as_mutual_exclusive(['workdir', 'checkpoint'], required=True)
 def _model_source():
   """(config, stacked params, epoch, where the checkpoint is, default output folder)."""
   if _CHECKPOINT.value:
-    path = os.path.abspath(_CHECKPOINT.value)
-    params, epoch = wd.restore_checkpoint(path)
     if not _OUT.value:
       raise app.UsageError('With --checkpoint, say where the events go: --out=DIR.')
+    path = os.path.abspath(_CHECKPOINT.value)
+    params, epoch = wd.restore_checkpoint(path)
     config = _CONFIG.value or wd.load_config(wd.workdir_of(path))
     return config, params, epoch, path, None
+  if _CONFIG.value:
+    raise app.UsageError("--config goes with --checkpoint; a workdir's model is its own.")
   workdir = os.path.abspath(_WORKDIR.value)
   config = wd.load_config(workdir)
   params, epoch = wd.restore_params(workdir, _STAGE.value, _MODEL.value)
