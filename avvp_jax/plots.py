@@ -83,44 +83,49 @@ def timeline(name: str, preds: dict[str, dict[str, np.ndarray]], truth: dict[str
   return fig
 
 
-def refinement(examples: list[dict]) -> Figure:
+def refinement(examples: dict[str, list[dict]]) -> Figure:
   """Clips whose labels the refinement dropped for one modality.
 
   Args:
-    examples: up to 8 dicts {'name', 'classes': [class index] (the clip's weak labels),
-      'drop_a', 'drop_v': bool per class, 'truth_a', 'truth_v': bool per class (the event is
-      heard / seen somewhere in the clip) or None where the split has no dense truth}.
+    examples: {'audio', 'visual': up to 4 clips with a label dropped for that modality},
+      each {'name', 'classes': [class index] (the clip's weak labels), 'drop_a', 'drop_v':
+      bool per class, 'truth_a', 'truth_v': bool per class (the event is heard / seen
+      somewhere in the clip) or None where the split has no dense truth}.
   Returns:
-    A 14 x 7 inch figure, a panel per clip (4 by 2): a row per weak label, an audio and a
-    visual cell, kept (blue) or dropped (white); the text says where the truth agrees.
+    A 14 x 7 inch figure, a row of panels per modality: a row per weak label, an audio and a
+    visual cell, kept (blue) or dropped (white); with truth, the text says whether it agrees.
   """
   fig = Figure(figsize=(14, 7))
-  axes = fig.subplots(2, 4, squeeze=False).ravel()
-  for ax, ex in zip(axes, examples):
-    drop = np.stack([ex['drop_a'], ex['drop_v']], -1)  # (L, 2)
-    ax.imshow(~drop, cmap=ListedColormap(['#ffffff', '#9ecae1']), vmin=0, vmax=1,
-              aspect='auto')
-    for i in range(len(ex['classes'])):
-      for j, truth in enumerate((ex['truth_a'], ex['truth_v'])):
-        text = 'dropped' if drop[i, j] else 'kept'
-        colour = '#000000'
-        if truth is not None:
-          text += '\n(truly ' + ('present)' if truth[i] else 'absent)')
-          colour = '#1a7f37' if drop[i, j] != truth[i] else '#c62828'
-        ax.text(j, i, text, ha='center', va='center', fontsize=7, color=colour)
-    ax.set_xticks([0, 1], list(MODALITIES), fontsize=8)
-    ax.set_yticks(np.arange(len(ex['classes'])), [CLASSES[c] for c in ex['classes']],
-                  fontsize=7)
-    ax.set_xticks([0.5], minor=True)
-    ax.set_yticks(np.arange(len(ex['classes'])) + 0.5, minor=True)
-    ax.grid(which='minor', color='#999999', linewidth=0.5)
-    ax.tick_params(which='minor', length=0)
-    ax.set_title(ex['name'], fontsize=8)
-  for ax in axes[len(examples):]:
-    ax.set_axis_off()
-  fig.suptitle('Refinement: weak labels kept or dropped per modality (green: the truth '
-               'agrees, red: it does not)', fontsize=10)
-  fig.subplots_adjust(left=0.1, right=0.98, top=0.9, bottom=0.05, wspace=0.9, hspace=0.3)
+  axes = fig.subplots(2, 4, squeeze=False)
+  with_truth = False
+  for row, modality in zip(axes, MODALITIES):
+    for ax, ex in zip(row, examples[modality]):
+      drop = np.stack([ex['drop_a'], ex['drop_v']], -1)  # (L, 2)
+      ax.imshow(~drop, cmap=ListedColormap(['#ffffff', '#9ecae1']), vmin=0, vmax=1,
+                aspect='auto')
+      for i in range(len(ex['classes'])):
+        for j, truth in enumerate((ex['truth_a'], ex['truth_v'])):
+          text = 'dropped' if drop[i, j] else 'kept'
+          colour = '#000000'
+          if truth is not None:
+            with_truth = True
+            text += '\n(truly ' + ('present)' if truth[i] else 'absent)')
+            colour = '#1a7f37' if drop[i, j] != truth[i] else '#c62828'
+          ax.text(j, i, text, ha='center', va='center', fontsize=7, color=colour)
+      ax.set_xticks([0, 1], list(MODALITIES), fontsize=8)
+      ax.set_yticks(np.arange(len(ex['classes'])), [CLASSES[c] for c in ex['classes']],
+                    fontsize=7)
+      ax.set_xticks([0.5], minor=True)
+      ax.set_yticks(np.arange(len(ex['classes'])) + 0.5, minor=True)
+      ax.grid(which='minor', color='#999999', linewidth=0.5)
+      ax.tick_params(which='minor', length=0)
+      ax.set_title(f'{ex["name"]}\n{modality} label dropped', fontsize=8)
+    for ax in row[len(examples[modality]):]:
+      ax.set_axis_off()
+  fig.suptitle('Refinement: weak labels kept or dropped per modality '
+               + ('(green: the truth agrees, red: it does not)' if with_truth
+                  else '(this split has no dense truth)'), fontsize=10)
+  fig.subplots_adjust(left=0.1, right=0.98, top=0.88, bottom=0.05, wspace=0.9, hspace=0.4)
   return fig
 
 
@@ -131,30 +136,36 @@ def per_class(f: dict[str, dict[str, np.ndarray]]) -> Figure:
     f: {stage ('base', 'final'): {'audio', 'visual': (25,) F in points, NaN where undefined}}.
   Returns:
     A 12 x 8 inch figure, a panel per modality, a bar per class and stage; an F of 0 is
-    written '0', an undefined one (no event in truth or prediction) 'n/a'.
+    written '0', an undefined one (no event in either the truth or the predictions) 'n/a'.
   """
   fig = Figure(figsize=(12, 8))
   axes = fig.subplots(1, 2, sharey=True)
   y = np.arange(len(CLASSES))
   height = 0.8 / len(f)
   for ax, modality in zip(axes, MODALITIES):
+    means = []
     for k, (stage, values) in enumerate(f.items()):
       values = np.asarray(values[modality], float)
-      mean = np.nanmean(values) if np.isfinite(values).any() else float('nan')
       at = y + (k - (len(f) - 1) / 2) * height
       ax.barh(at, np.nan_to_num(values), height, color=STAGE_COLOURS.get(stage),
-              label=f'{STAGE_NAMES.get(stage, stage)}, class mean {mean:.1f}')
+              label=STAGE_NAMES.get(stage, stage))
       for where, value in zip(at, values):  # Else an F of 0 looks like a missing bar.
         if not value > 0:
           ax.text(1, where, 'n/a' if np.isnan(value) else '0', va='center', fontsize=6)
-    ax.set_title(f'{modality}: segment-level F per class', fontsize=10)
+      mean = np.nanmean(values) if np.isfinite(values).any() else float('nan')
+      means.append(f'{STAGE_NAMES.get(stage, stage).split(" (")[0]} {mean:.1f}')
+    ax.set_title(f'{modality}: segment-level F per class\n(class mean: {", ".join(means)})',
+                 fontsize=10)
     ax.set_xlim(0, 100)
+    ax.set_xticks([0, 20, 40, 60, 80, 100] if modality == MODALITIES[-1]
+                  else [0, 20, 40, 60, 80])  # The panels touch: one "100 0" would collide.
     ax.set_xlabel('F (%)', fontsize=8)
     ax.grid(axis='x', color='#dddddd', linewidth=0.5)
-    ax.legend(fontsize=8, loc='lower right')
   axes[0].set_yticks(y, CLASSES, fontsize=7)
   axes[0].invert_yaxis()
-  fig.subplots_adjust(left=0.16, right=0.98, top=0.95, bottom=0.07, wspace=0.05)
+  fig.legend(*axes[0].get_legend_handles_labels(), loc='upper center', ncol=len(f),
+             fontsize=9, frameon=False)
+  fig.subplots_adjust(left=0.16, right=0.98, top=0.9, bottom=0.07, wspace=0.05)
   return fig
 
 
@@ -172,20 +183,22 @@ def curves(records: list[dict]) -> Figure:
   lines = {}
   for r in records:
     lines.setdefault((r['stage'], r['seed']), []).append(r)
+  seeds = len({s for _, s in lines})
   for ax, (group, key) in zip(axes, panels):
     for (stage, seed), rs in lines.items():
       rs = sorted(rs, key=lambda r: r['epoch'])
       epochs = [r['epoch'] for r in rs]
       colour = STAGE_COLOURS.get(stage)
-      label = STAGE_NAMES.get(stage, stage) + (f', seed {seed}' if len(
-          {s for _, s in lines}) > 1 else '')
+      # One legend entry per stage; its seeds share the colour.
+      label = (STAGE_NAMES.get(stage, stage) + (f' ({seeds} seeds)' if seeds > 1 else '')
+               if seed == min(s for st, s in lines if st == stage) else None)
       if group == 'train':
         ax.plot(epochs, [r['train'].get(key, np.nan) for r in rs], color=colour, marker='.',
                 label=label)
       else:
         for level, style in (('segment', '-'), ('event', '--')):
           ax.plot(epochs, [r['val'][f'{level}/type'] for r in rs], color=colour,
-                  linestyle=style, marker='.', label=f'{label}, {level}')
+                  linestyle=style, marker='.', label=label and f'{label}, {level}')
     ax.set_title(f'train loss: {key}' if group == 'train' else 'val Type@AV (F, %)',
                  fontsize=9)
     ax.set_xlabel('epoch', fontsize=8)

@@ -307,30 +307,46 @@ def _timelines(config, workdir: str, data: Split, split: str, clips, num_clips: 
     chosen = data.take(np.array([index[c] for c in clips]))
   else:
     chosen = data.take(plots.pick_clips(data.gt_a, data.gt_v, num_clips))
+  if not len(chosen):
+    return {}
   preds = {}
   for stage in trained:
     params, epoch = wd.restore_params(workdir, stage, model)
     net, params, shown = one_seed(config, params, seed, wd.checkpoint_dir(workdir, stage, model))
     pred, _ = train.segment_outputs(net, params, chosen, config.train.eval_batch_size)
-    preds[f'{plots.STAGE_NAMES[stage]}, epoch {epoch}, seed {shown}'] = pred
-  return {f'timeline_{split}_{re.sub(r"[^A-Za-z0-9._-]", "_", str(name))}.png': plots.timeline(
-      f'{name} ({split})', {label: {m: p[m][k] for m in p} for label, p in preds.items()},
-      {'audio': chosen.gt_a[k], 'visual': chosen.gt_v[k]}) for k, name in enumerate(chosen.names)}
+    # best/ holds each seed's own best; its epoch is the last at which any seed improved.
+    which = f'epoch {epoch}' if model == 'last' else 'best val'
+    preds[f'{plots.STAGE_NAMES[stage]}, {which}, seed {shown}'] = pred
+  figures = {}
+  for k, name in enumerate(chosen.names):
+    file = f'timeline_{split}_{re.sub(r"[^A-Za-z0-9._-]", "_", str(name))}.png'
+    if file in figures:  # Two names that differ only in the characters replaced.
+      file = file.replace('.png', f'_{k}.png')
+    figures[file] = plots.timeline(
+        f'{name} ({split})', {label: {m: p[m][k] for m in p} for label, p in preds.items()},
+        {'audio': chosen.gt_a[k], 'visual': chosen.gt_v[k]})
+  return figures
 
 
 def _refinement_examples(train_split: Split, drop_a: np.ndarray, drop_v: np.ndarray,
-                         per_modality: int = 4) -> list[dict]:
-  """The first training clips with an audio drop, then the first with a visual drop; drop_a,
-  drop_v: bool (N, 25)."""
-  picked = []
-  for drop in (drop_a, drop_v):
-    picked += [i for i in np.flatnonzero(drop.any(-1)) if i not in picked][:per_modality]
-  examples = []
-  for i in picked:
-    classes = np.flatnonzero(train_split.labels[i] > 0)
-    truth = ({'truth_a': train_split.gt_a[i].any(-1)[classes],
-              'truth_v': train_split.gt_v[i].any(-1)[classes]}
-             if train_split.has_dense_truth else {'truth_a': None, 'truth_v': None})
-    examples.append({'name': str(train_split.names[i]), 'classes': list(classes),
-                     'drop_a': drop_a[i, classes], 'drop_v': drop_v[i, classes], **truth})
-  return examples
+                         per_modality: int = 4) -> dict[str, list[dict]]:
+  """{'audio': the first training clips with an audio drop, 'visual': the first others with
+  a visual drop}; drop_a, drop_v: bool (N, 25)."""
+  picked = {}
+  for modality, drop in zip(plots.MODALITIES, (drop_a, drop_v)):
+    taken = [i for ids in picked.values() for i in ids]
+    picked[modality] = [i for i in np.flatnonzero(drop.any(-1)) if i not in taken][:per_modality]
+  return {m: [_refinement_example(train_split, drop_a, drop_v, i) for i in ids]
+          for m, ids in picked.items()}
+
+
+def _refinement_example(train_split: Split, drop_a: np.ndarray, drop_v: np.ndarray,
+                        i: int) -> dict:
+  """Clip i's weak labels, their drops and, where the split has dense truth, whether each
+  event is heard / seen anywhere in the clip (the input of `plots.refinement`)."""
+  classes = np.flatnonzero(train_split.labels[i] > 0)
+  truth = ({'truth_a': train_split.gt_a[i].any(-1)[classes],
+            'truth_v': train_split.gt_v[i].any(-1)[classes]}
+           if train_split.has_dense_truth else {'truth_a': None, 'truth_v': None})
+  return {'name': str(train_split.names[i]), 'classes': list(classes),
+          'drop_a': drop_a[i, classes], 'drop_v': drop_v[i, classes], **truth}

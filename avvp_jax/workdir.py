@@ -17,8 +17,8 @@ stacked on a leading axis of S (1 in a one-seed run).
 
 Every file is written whole or not at all (`atomic_write`, Orbax's own commit), except
 metrics.jsonl and the TensorBoard files, which are appended to; the next run drops a line
-cut by a kill (`truncate_metrics`) and rewrites the TensorBoard files; so a run killed at any moment leaves a workdir that the next run
-resumes. Nothing here computes.
+cut by a kill (`truncate_metrics`) and rewrites the TensorBoard files. So a run killed at
+any moment leaves a workdir that the next run resumes. Nothing here computes.
 
 With several processes (hosts), only process 0 writes files, holds the lock and the config;
 Orbax's checkpoints are written by all processes together, as Orbax requires, and every
@@ -191,12 +191,21 @@ def refine_dir(workdir: str) -> str:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """The records of <workdir>/metrics.jsonl, oldest first ([] if none)."""
+  """The records of <workdir>/metrics.jsonl, oldest first ([] if none), without a last line
+  cut by a kill."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  records = []
+  for n, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if n < len(lines) - 1:  # Only the last line can be cut (by a kill); the next run drops it.
+        raise ValueError(f'{path}, line {n + 1}: not a JSON record: {line[:80]!r}') from None
+  return records
 
 
 def append_metrics(workdir: str, record: dict) -> None:
@@ -250,11 +259,16 @@ def rewrite_tensorboard(workdir: str) -> None:
   """Rewrites every seed's event file from metrics.jsonl, whole: after `truncate_metrics`,
   it drops what a killed run logged of the epochs that are redone."""
   by_seed = {}
+  root = os.path.join(workdir, TENSORBOARD_DIR)
+  for name in os.listdir(root) if os.path.isdir(root) else []:  # Seeds left with no record.
+    if name.startswith('seed_') and name[5:].lstrip('-').isdigit():
+      by_seed[int(name[5:])] = []
   for record in read_metrics(workdir):
     by_seed.setdefault(record['seed'], []).extend(_scalars(record))
   for seed, scalars in by_seed.items():
     atomic_write(tensorboard_file(workdir, seed),
-                 tfevents.file_header(scalars[0][3]) + tfevents.scalar_records(scalars))
+                 tfevents.file_header(scalars[0][3] if scalars else 0.0)
+                 + tfevents.scalar_records(scalars))
 
 
 def append_tensorboard(workdir: str, records: list[dict]) -> None:
@@ -333,7 +347,7 @@ def _options(**kwargs) -> ocp.CheckpointManagerOptions:
   return ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True, **kwargs)
 
 
-_READ_ONLY = ocp.CheckpointManagerOptions(create=False)
+_EXISTING = ocp.CheckpointManagerOptions(create=False)
 
 
 def _replicated_like_saved(mngr: ocp.CheckpointManager, step: int, item: str):
@@ -349,7 +363,7 @@ def _restore(directory: str, item: str, step: int):
   """Item `item` of checkpoint `step` in `directory`, as saved (plain nested dicts),
   replicated over this process's devices."""
   handlers = {item: ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(directory, item_handlers=handlers, options=_READ_ONLY) as mngr:
+  with ocp.CheckpointManager(directory, item_handlers=handlers, options=_EXISTING) as mngr:
     return mngr.restore(step, args=ocp.args.Composite(
         **{item: ocp.args.StandardRestore(_replicated_like_saved(mngr, step, item))}))[item]
 
@@ -369,14 +383,18 @@ def restore_checkpoint(path: str):
   directory, step = path, None
   if os.path.basename(path).isdigit():
     directory, step = os.path.dirname(path), int(os.path.basename(path))
-  if not os.path.isdir(path):
+  if not os.path.isdir(directory):
     raise FileNotFoundError(f'No checkpoint in {path}: no such folder.')
-  with ocp.CheckpointManager(directory, options=_READ_ONLY) as mngr:
+  with ocp.CheckpointManager(directory, options=_EXISTING) as mngr:
+    epochs = mngr.all_steps()
     saved = mngr.latest_step() if step is None else step
-    if saved not in mngr.all_steps():
-      raise FileNotFoundError(f'No checkpoint in {path}: give a stage\'s checkpoints/ or best/ '
-                              'folder of a launch/main.py workdir, or one epoch in them.')
-  is_best = os.path.isdir(os.path.join(directory, str(saved), 'params'))
+  items = set(os.listdir(os.path.join(directory, str(saved)))) if saved in epochs else set()
+  if not items & {'params', 'state'}:
+    held = f' ({directory} holds epochs {sorted(epochs)})' if step is not None else ''
+    raise FileNotFoundError(
+        f'No checkpoint of a training stage in {path}{held}: give a stage\'s checkpoints/ '
+        'or best/ folder of a launch/main.py workdir, or one epoch in them.')
+  is_best = 'params' in items
   restored = _restore(directory, 'params' if is_best else 'state', saved)
   return (restored if is_best else restored['params']), saved
 

@@ -68,11 +68,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  config, params, epoch, checkpoint, default_out = _model_source()
   try:
+    config, params, epoch, checkpoint, default_out = _model_source()
     model, params, seed = stages.one_seed(config, params, _SEED.value, checkpoint)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  except (FileNotFoundError, ValueError) as e:  # No such checkpoint, seed or model.
+    raise SystemExit(f'parse.py: {e}') from None
   if _FEATURES.value:
     split, source = llp.read_feature_folder(_FEATURES.value), os.path.abspath(_FEATURES.value)
   else:

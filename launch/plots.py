@@ -28,7 +28,8 @@ _NUM_CLIPS = flags.DEFINE_integer('num_clips', 3, 'Without --clips: how many to 
 _SPLIT = flags.DEFINE_enum('split', 'test', ['val', 'test'], 'Whose clips the timelines show.')
 _SEED = flags.DEFINE_integer('seed', None, "Which seed's models; default the workdir's first.")
 _MODEL = flags.DEFINE_enum('model', 'last', list(wd.MODEL_SELECTIONS),
-                           'The last epoch, or the best on val Type@AV.')
+                           "The timelines' model: the last epoch, or the best on val Type@AV "
+                           "(per_class.png is the stages' test reports, of the last epoch).")
 _OUT = flags.DEFINE_string('out', None, 'Where the pictures go.')
 flags.mark_flags_as_required(['workdir'])
 
@@ -43,8 +44,8 @@ def main(argv):
     paths = stages.plot_stage(config, workdir, load_splits(config.data), split=_SPLIT.value,
                               clips=_CLIPS.value, num_clips=_NUM_CLIPS.value, seed=_SEED.value,
                               model=_MODEL.value, out=_OUT.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  except ValueError as e:  # No such clip or seed, or no truth to draw against.
+    raise SystemExit(f'plots.py: {e}') from None
   for path in paths:
     print(f'  {path}')
 

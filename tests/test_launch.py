@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from avvp_jax import pipeline
+from avvp_jax import pipeline, stages
 from avvp_jax.data import load_splits
 from configs import ma
 
@@ -103,3 +103,7 @@ def test_plots_entry_draws_the_chosen_clips_and_what_the_workdir_holds(tmp_path,
   bad = subprocess.run([sys.executable, str(ROOT / 'launch' / 'plots.py'),
                         f'--workdir={workdir}', '--clips=nope'], capture_output=True, text=True)
   assert bad.returncode != 0 and "Clips ['nope'] are not in the test split" in bad.stderr
+  # No clip chosen (e.g. none with an event of one modality): the other pictures still come.
+  paths = stages.plot_stage(config, str(workdir), load_splits(config.data), num_clips=0,
+                            out=str(tmp_path / 'none'))
+  assert sorted(os.path.basename(p) for p in paths) == ['curves.png', 'per_class.png']

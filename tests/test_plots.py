@@ -66,11 +66,12 @@ def test_refinement_marks_what_was_dropped():
                'drop_v': np.array([i == 1, False]),
                'truth_a': np.array([True, False]) if i else None,
                'truth_v': np.array([False, True]) if i else None} for i in range(3)]
-  size, pixels = _pixels(plots.png(plots.refinement(examples)))
+  size, pixels = _pixels(plots.png(plots.refinement(
+      {'audio': examples[:1], 'visual': examples[1:]})))
   assert size == (1400, 700)
   kept = _count(pixels, '#9ecae1')
   assert kept > 9 * 2000  # 3 panels of 2 x 2 cells, 3 of them kept in each.
-  size, fewer = _pixels(plots.png(plots.refinement(examples[:1])))
+  size, fewer = _pixels(plots.png(plots.refinement({'audio': examples[:1], 'visual': []})))
   assert size == (1400, 700) and _count(fewer, '#9ecae1') < kept / 2
 
 

@@ -122,10 +122,15 @@ def test_truncate_metrics_drops_later_epochs_and_a_cut_line(tmp_path):
     wd.append_metrics(str(tmp_path), r)
   with open(tmp_path / wd.METRICS_FILE, 'a') as f:
     f.write('{"stage": "final", "ep')  # A kill in the middle of a write.
+  assert wd.read_metrics(str(tmp_path)) == records  # The cut line is not a record.
   wd.truncate_metrics(str(tmp_path), 'final', 0)
   assert wd.read_metrics(str(tmp_path)) == records[:3]
   wd.truncate_metrics(str(tmp_path), 'base', 1)
   assert wd.read_metrics(str(tmp_path)) == records[:1]
+  with open(tmp_path / wd.METRICS_FILE, 'a') as f:
+    f.write('{"stage": "final", "ep\n{"stage": "final", "epoch": 2}\n')
+  with pytest.raises(ValueError, match=r'metrics.jsonl, line 2: not a JSON record'):
+    wd.read_metrics(str(tmp_path))  # A broken line before the last is no kill's doing.
 
 
 HOLD_SCRIPT = """
@@ -183,7 +188,7 @@ def _tensorboard_steps(workdir, seed, tag):
   accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
   acc = accumulator.EventAccumulator(os.path.dirname(wd.tensorboard_file(workdir, seed)))
   acc.Reload()
-  return [(e.step, e.value) for e in acc.Scalars(tag)]
+  return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()['scalars'] else []
 
 
 def test_tensorboard_files_follow_the_metrics_log_through_a_resume(tmp_path):
@@ -202,6 +207,9 @@ def test_tensorboard_files_follow_the_metrics_log_through_a_resume(tmp_path):
   for seed in (0, 1):
     assert _tensorboard_steps(workdir, seed, 'base/train/total') == [(1, 2.0 + seed)]
     assert _tensorboard_steps(workdir, seed, 'base/lr') == [(1, pytest.approx(1e-3))]
+  wd.truncate_metrics(workdir, 'base', 0)  # A kill in the first epoch: no record is left.
+  wd.rewrite_tensorboard(workdir)
+  assert _tensorboard_steps(workdir, 0, 'base/train/total') == []
 
 
 def test_restore_checkpoint_of_a_folder_or_of_one_epoch(tmp_path):
@@ -219,10 +227,16 @@ def test_restore_checkpoint_of_a_folder_or_of_one_epoch(tmp_path):
     assert epoch == want_epoch
     np.testing.assert_array_equal(params['w'], want)
     assert wd.workdir_of(path) == workdir
-  with pytest.raises(FileNotFoundError, match='No checkpoint in .*final: give a stage'):
+  with pytest.raises(FileNotFoundError, match='No checkpoint of a training stage in .*final: '
+                                              'give a stage'):
     wd.restore_checkpoint(os.path.join(workdir, 'final'))
-  with pytest.raises(FileNotFoundError, match='No checkpoint in .*best/7: no such folder'):
+  with pytest.raises(FileNotFoundError, match=r'in .*best/7 \(.*best holds epochs \[1, 2\]\)'):
     wd.restore_checkpoint(os.path.join(best, '7'))
+  with pytest.raises(FileNotFoundError, match='No checkpoint in .*nowhere: no such folder'):
+    wd.restore_checkpoint(os.path.join(workdir, 'nowhere'))
+  wd.save_refined(workdir, {'drop_a': np.zeros((1, 2, 25), bool)}, {})
+  with pytest.raises(FileNotFoundError, match='No checkpoint of a training stage in .*refine'):
+    wd.restore_checkpoint(os.path.join(workdir, 'refine'))  # An Orbax folder, not a stage's.
   with pytest.raises(FileNotFoundError, match='not inside a workdir'):
     wd.workdir_of(str(tmp_path.parent))
 
