@@ -233,11 +233,11 @@ def kill_at_random(workdir, env, rng, records):
 
 
 def test_kills_at_random_moments_resume_to_the_same_result(tmp_path, straight_run):
-  """Six kills, each a random moment after a random number of epochs (of 6 in all)."""
+  """Four kills, each a random moment after a random number of epochs (of 6 in all)."""
   straight, env, _, _ = straight_run
   workdir = str(tmp_path / 'killed')
   rng = np.random.default_rng(0)
-  hit = kill_at_random(workdir, env, rng, sorted(rng.integers(0, 6, 6)))
+  hit = kill_at_random(workdir, env, rng, sorted(rng.integers(0, 6, 4)))
   assert any(0 < n <= 3 and not refined for n, refined in hit), hit  # Inside stage 1.
   assert any(n > 3 for n, _ in hit), hit  # Inside stage 3.
   _assert_same_run(workdir, straight)

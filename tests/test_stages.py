@@ -166,8 +166,16 @@ def _reports(workdir):
           for stage in wd.TRAINING_STAGES}
 
 
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+  """The workdir of an uninterrupted run of the tiny config."""
+  workdir = str(tmp_path_factory.mktemp('straight') / 'run')
+  pipeline.run(_tiny_config(), workdir)
+  return workdir
+
+
 @pytest.mark.parametrize('when', ['compute', 'save', 'checkpoint'])
-def test_a_kill_during_stage_2_or_a_save_resumes_to_the_same_result(tmp_path, when):
+def test_a_kill_during_stage_2_or_a_save_resumes_to_the_same_result(tmp_path, when, straight):
   config = _tiny_config()
   env = {**os.environ, 'PYTHONPATH': str(ROOT)}
   killed = str(tmp_path / 'killed')
@@ -179,8 +187,6 @@ def test_a_kill_during_stage_2_or_a_save_resumes_to_the_same_result(tmp_path, wh
   if when == 'compute':  # ('save': the cut save may or may not have committed; both resume.)
     assert wd.load_refined(killed) is None
   pipeline.run(config, killed)
-  straight = str(tmp_path / 'straight')
-  pipeline.run(config, straight)
   assert _reports(killed) == _reports(straight)
   for key in ('drop_a', 'drop_v', 'partners'):
     np.testing.assert_array_equal(wd.load_refined(killed)[key], wd.load_refined(straight)[key])
