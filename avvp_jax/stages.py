@@ -30,16 +30,23 @@ def seed_list(config) -> list[int]:
   return [config.seed + s for s in range(config.num_seeds)]
 
 
+def _seed_index(config, num_seeds: int, seed: int | None, source: str) -> tuple[int, int]:
+  """(index, seed) of `seed` (the first if None) among the `num_seeds` seeds config.seed,
+  config.seed + 1, ... that `source` holds stacked; refuses a seed that is not there."""
+  seeds = [config.seed + s for s in range(num_seeds)]
+  seed = seeds[0] if seed is None else seed
+  if seed not in seeds:
+    raise ValueError(f'{source} holds the models of seeds {seeds}, not of seed {seed}.')
+  return seeds.index(seed), seed
+
+
 def one_seed(config, params, seed: int | None, source: str):
   """(model, params, seed): one seed's model out of stacked parameters (S, ...) whose seeds
   are config.seed, config.seed + 1, ...; the first seed if `seed` is None. Refuses a seed
   that is not there, and parameters that are not those of `config.model`, naming `source`."""
-  seeds = [config.seed + s for s in range(jax.tree.leaves(params)[0].shape[0])]
-  seed = seeds[0] if seed is None else seed
-  if seed not in seeds:
-    raise ValueError(f'{source} holds the models of seeds {seeds}, not of seed {seed}.')
+  index, seed = _seed_index(config, jax.tree.leaves(params)[0].shape[0], seed, source)
   model = HAN.from_config(config.model)
-  params = jax.tree.map(lambda x: x[seeds.index(seed)], params)
+  params = jax.tree.map(lambda x: x[index], params)
   shapes = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape)
                          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
   got, want = shapes(params), shapes(
@@ -269,8 +276,7 @@ def plot_stage(config, workdir: str, splits: dict[str, Split], *, split: str = '
   figures = _timelines(config, workdir, splits[split], split, clips, num_clips, seed, model)
   refined = wd.load_refined(workdir)
   if refined is not None:
-    seeds = seed_list(config)
-    s = seeds.index(seeds[0] if seed is None else seed)
+    s, _ = _seed_index(config, len(refined['drop_a']), seed, wd.refine_dir(workdir))
     figures['refinement.png'] = plots.refinement(
         _refinement_examples(splits['train'], refined['drop_a'][s], refined['drop_v'][s]))
   f = {}
