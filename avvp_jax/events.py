@@ -7,6 +7,8 @@ reading them back gives the same (N, 25, 10) arrays, so scoring the files gives 
 numbers of scoring the arrays.
 """
 
+import dataclasses
+
 import numpy as np
 
 from avvp_jax.data import annotations
@@ -51,20 +53,35 @@ def write_events_csv(path: str, events: list[dict]) -> None:
 def read_predictions(path: str, names) -> np.ndarray:
   """The segment predictions (N, 25, 10) of the clips `names` in an events file.
 
-  A clip with no row has no events. A wrong header, an unknown class, a time that is not an
-  integer in 0..10, onset >= offset, or a clip that is not in `names` is an
-  `annotations.AnnotationError` naming the file, the line and the clip.
+  A row names its clip by the filename (`<id>_<start>_<end>`) or, as the files of a feature
+  folder in the release layout do (`parse.py --features`), by its 11-character video id,
+  which is mapped to the one clip of `names` with that id, as the loader maps them. A clip
+  with no row has no events. A wrong header, an unknown class, a time that is not an integer
+  in 0..10, onset >= offset, a clip that is not in `names` or an id that names several of
+  them is an `annotations.AnnotationError` naming the file, the line and the clip.
   """
-  rows = annotations.read_event_rows(path)
-  known = set(map(str, names))
-  for row in rows:
+  names = [str(n) for n in names]
+  by_id = {}
+  for name in names:
+    by_id.setdefault(annotations.video_id(name), []).append(name)
+  known = set(names)
+  rows = []
+  for row in annotations.read_event_rows(path):
     if row.offset <= row.onset:
       raise annotations.AnnotationError(
           f'{path}:{row.lineno}: clip {row.clip!r}: onset {row.onset} >= offset {row.offset}; '
           'an event needs onset < offset.')
     if row.clip not in known:
-      raise annotations.AnnotationError(
-          f'{path}:{row.lineno}: clip {row.clip!r} is not in the split that is scored '
-          f'({len(known)} clips).')
-  pred, _ = annotations.dense_truth(rows, [str(n) for n in names])
+      clips = by_id.get(row.clip, [])
+      if len(clips) > 1:
+        raise annotations.AnnotationError(
+            f'{path}:{row.lineno}: video id {row.clip!r} names {len(clips)} clips of the split '
+            f'({", ".join(clips[:3])}{", ..." if len(clips) > 3 else ""}); give the filename.')
+      if not clips:
+        raise annotations.AnnotationError(
+            f'{path}:{row.lineno}: clip {row.clip!r} is not in the split that is scored '
+            f'({len(known)} clips).')
+      row = dataclasses.replace(row, clip=clips[0])
+    rows.append(row)
+  pred, _ = annotations.dense_truth(rows, names)
   return pred

@@ -233,6 +233,32 @@ def format_seeds(per_seed: list[dict], seeds: list[int], title='') -> str:
   return '\n'.join(lines)
 
 
+def table_title(config_name: str, stage: str, split: str, data: str, detail: str) -> str:
+  return f'{config_name} [{stage}] {split} on {data}, {detail}'
+
+
+def format_results(title: str, seeds: list[int], summary: dict,
+                   evaluations: list[dict]) -> str:
+  """The ten numbers of the models of `seeds`: mean ± sd over the seeds (`summary`, from
+  `summarise_seeds(evaluations)`) and, where there are several, a row per seed."""
+  if len(seeds) == 1:
+    return format_table(summary['results'], title=title)
+  return '\n'.join([
+      format_table(summary['results'], title=f'{title}, mean ± sd over {len(seeds)} seeds',
+                   sd=summary['sd']),
+      format_seeds([e['results'] for e in evaluations], seeds, 'per seed:')])
+
+
+def format_gains(base: dict, final: dict, title: str) -> str:
+  """The gain table: the mean ± sd over the seeds of each seed's own final - base number;
+  `base`, `final`: two reports of the same seeds. `title` is closed with the seed count."""
+  gains = [{k: f['results'][k] - b['results'][k] for k in b['results']}
+           for b, f in zip(base['per_seed'], final['per_seed'], strict=True)]
+  mean, sd = mean_sd(gains)
+  over = f', mean ± sd over {len(gains)} seeds' if len(gains) > 1 else ''
+  return format_table(mean, signed=True, sd=sd, title=f'{title}{over})')
+
+
 def format_per_class(f_audio, f_visual):
   """A per-class table of segment-level F (from `per_class_f`); NaN shows as '-'.
 

@@ -1,16 +1,17 @@
 """The MA pipeline (METHOD.md section 4): base training -> refinement -> retraining, then
-the pictures.
+the pictures and the gain table.
 
-This module only sequences: it holds the workdir, checks the config against it, loads the
-data once and runs the stages of `stages.py` in order. Rerunning resumes: finished stages
-are skipped, an interrupted one continues from its last saved epoch.
+It holds the workdir, checks the config against it, loads the data once, runs the stages of
+`stages.py` in order, and prints what the refinement gained (`metrics.format_gains`).
+Rerunning resumes: finished stages are skipped, an interrupted one continues from its last
+saved epoch.
 """
 
 import os
 
 import ml_collections
 
-from avvp_jax import metrics, stages, workdir as wd
+from avvp_jax import metrics, plots, stages, workdir as wd
 from avvp_jax.data import describe, load_splits
 
 
@@ -29,13 +30,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       out['refine'] = stages.refine_stage(config, workdir, splits)
       out['final'] = stages.train_stage(config, workdir, 'final', splits)
     if config.plots:
-      stages.plot_stage(config, workdir, splits)
+      plots.plot_run(config, workdir, splits)
   if 'final' in out:
-    gains = [{k: final['results'][k] - base['results'][k] for k in base['results']}
-             for base, final in zip(out['base']['per_seed'], out['final']['per_seed'])]
-    mean, sd = metrics.mean_sd(gains)
-    over = f', mean ± sd over {len(gains)} seeds' if len(gains) > 1 else ''
-    print(metrics.format_table(mean, signed=True, sd=sd, title=(
+    print(metrics.format_gains(out['base'], out['final'], title=(
         f'{config.name}: what the refinement gained on {describe(config.data)}, stage 3 - '
-        f'stage 1 (test, points of F{over})')))
+        'stage 1 (test, points of F')))
   return out

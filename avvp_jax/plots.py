@@ -1,18 +1,25 @@
 """Pictures of a run: segment timelines, refinement examples, per-class F, training curves.
 
-Each function takes arrays or records and returns a matplotlib `Figure` of a fixed size in
-pixels (`png` renders it). Figures are built without pyplot, so nothing here needs a
-display or touches matplotlib's global state.
+The figure functions take arrays or records and return a matplotlib `Figure` of a fixed size
+in pixels (`png` renders it); `plot_run` gathers their input from a workdir and writes them
+as PNG files. Figures are built without pyplot, so nothing here needs a display or touches
+matplotlib's global state.
 """
 
 import io
+import os
+import re
 
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from avvp_jax import checkpoints, logs, reports, seeds, train, workdir as wd
+from avvp_jax.data import Split
 from avvp_jax.data.classes import CLASSES, NUM_SEGMENTS
+from avvp_jax.logs import EpochRecord
+from avvp_jax.workdir import STAGE_TITLES
 
 DPI = 100
 MODALITIES = ('audio', 'visual')
@@ -20,7 +27,6 @@ MODALITIES = ('audio', 'visual')
 OUTCOMES = ('none', 'hit', 'missed', 'false alarm')
 OUTCOME_COLOURS = ('#ffffff', '#2b7bba', '#fdb863', '#d7301f')
 STAGE_COLOURS = {'base': '#7f7f7f', 'final': '#2b7bba'}
-STAGE_NAMES = {'base': 'stage 1 (base)', 'final': 'stage 3 (final)'}
 
 
 def png(fig: Figure) -> bytes:
@@ -43,6 +49,17 @@ def pick_clips(gt_a: np.ndarray, gt_v: np.ndarray, num: int) -> np.ndarray:
   return np.flatnonzero(one_modality)[:num]
 
 
+def shown_classes(preds: dict[str, dict[str, np.ndarray]], truth: dict[str, np.ndarray]
+                  ) -> np.ndarray:
+  """The classes a timeline shows: those with an event in the truth or in any prediction, of
+  either modality (all 25 where none has any)."""
+  present = np.zeros(len(CLASSES), bool)
+  for grids in (truth, *preds.values()):
+    for grid in grids.values():
+      present |= np.asarray(grid, bool).any(-1)
+  return np.flatnonzero(present) if present.any() else np.arange(len(CLASSES))
+
+
 def timeline(name: str, preds: dict[str, dict[str, np.ndarray]], truth: dict[str, np.ndarray]
              ) -> Figure:
   """One clip's segment predictions against the truth, like Fig. 3 of the paper.
@@ -53,22 +70,26 @@ def timeline(name: str, preds: dict[str, dict[str, np.ndarray]], truth: dict[str
       'stage 1 (base)', 'stage 3 (final)').
     truth: {'audio', 'visual': bool (25, 10)}.
   Returns:
-    A (10 x 1.5 + 4.5 rows) inch figure: per model and modality, the 25 classes by the 10
+    A figure 10 inches wide and 1.5 + rows x (1 + 0.22 C) high, C the classes that the truth
+    or a prediction has (`shown_classes`): per model and modality, those classes by the 10
     one-second segments, each cell a hit, a miss, a false alarm or nothing.
   """
+  classes = shown_classes(preds, truth)
   rows = len(preds)
-  fig = Figure(figsize=(10, 1.5 + 4.5 * rows))
+  fig = Figure(figsize=(10, 1.5 + rows * (1 + 0.22 * len(classes))))
   axes = fig.subplots(rows, 2, squeeze=False)
   cmap = ListedColormap(OUTCOME_COLOURS)
   for r, (model, pred) in enumerate(preds.items()):
     for c, modality in enumerate(MODALITIES):
       ax = axes[r, c]
-      ax.imshow(outcomes(pred[modality], truth[modality]), cmap=cmap, vmin=0,
-                vmax=len(OUTCOMES) - 1, aspect='auto', interpolation='nearest')
+      cells = outcomes(np.asarray(pred[modality])[classes], np.asarray(truth[modality])[classes])
+      ax.imshow(cells, cmap=cmap, vmin=0, vmax=len(OUTCOMES) - 1, aspect='auto',
+                interpolation='nearest')
       ax.set_xticks(np.arange(NUM_SEGMENTS), [str(t) for t in range(NUM_SEGMENTS)], fontsize=7)
       ax.set_xticks(np.arange(NUM_SEGMENTS + 1) - 0.5, minor=True)
-      ax.set_yticks(np.arange(len(CLASSES) + 1) - 0.5, minor=True)
-      ax.set_yticks(np.arange(len(CLASSES)), CLASSES if c == 0 else [], fontsize=7)
+      ax.set_yticks(np.arange(len(classes) + 1) - 0.5, minor=True)
+      ax.set_yticks(np.arange(len(classes)), [CLASSES[k] for k in classes] if c == 0 else [],
+                    fontsize=7)
       ax.grid(which='minor', color='#dddddd', linewidth=0.5)
       ax.tick_params(which='minor', length=0)
       ax.set_title(f'{model}: {modality}', fontsize=9)
@@ -79,7 +100,8 @@ def timeline(name: str, preds: dict[str, dict[str, np.ndarray]], truth: dict[str
              loc='lower center', ncol=3, fontsize=8, frameon=False)
   fig.suptitle(name, fontsize=10)
   fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.6 / fig.get_figheight(),
-                      bottom=0.9 / fig.get_figheight(), wspace=0.08, hspace=0.2)
+                      bottom=0.9 / fig.get_figheight(), wspace=0.08,
+                      hspace=0.5 / (1 + 0.22 * len(classes)))
   return fig
 
 
@@ -148,12 +170,12 @@ def per_class(f: dict[str, dict[str, np.ndarray]]) -> Figure:
       values = np.asarray(values[modality], float)
       at = y + (k - (len(f) - 1) / 2) * height
       ax.barh(at, np.nan_to_num(values), height, color=STAGE_COLOURS.get(stage),
-              label=STAGE_NAMES.get(stage, stage))
+              label=STAGE_TITLES.get(stage, stage))
       for where, value in zip(at, values):  # Else an F of 0 looks like a missing bar.
         if not value > 0:
           ax.text(1, where, 'n/a' if np.isnan(value) else '0', va='center', fontsize=6)
       mean = np.nanmean(values) if np.isfinite(values).any() else float('nan')
-      means.append(f'{STAGE_NAMES.get(stage, stage).split(" (")[0]} {mean:.1f}')
+      means.append(f'{STAGE_TITLES.get(stage, stage).split(" (")[0]} {mean:.1f}')
     ax.set_title(f'{modality}: segment-level F per class\n(class mean: {", ".join(means)})',
                  fontsize=10)
     ax.set_xlim(0, 100)
@@ -169,35 +191,35 @@ def per_class(f: dict[str, dict[str, np.ndarray]]) -> Figure:
   return fig
 
 
-def curves(records: list[dict]) -> Figure:
+def curves(records: list[EpochRecord]) -> Figure:
   """Training curves from metrics.jsonl: each loss term and val Type@AV per epoch, a line
   per stage and seed.
 
   Returns a 12 x 7 inch figure, a panel per loss term and one for val segment and event
   Type@AV.
   """
-  terms = sorted({k for r in records for k in r['train']}, key=lambda k: (k != 'total', k))
+  terms = sorted({k for r in records for k in r.train}, key=lambda k: (k != 'total', k))
   panels = [('train', k) for k in terms] + [('val', 'type')]
   fig = Figure(figsize=(12, 7))
   axes = fig.subplots(2, -(-len(panels) // 2), squeeze=False).ravel()
   lines = {}
   for r in records:
-    lines.setdefault((r['stage'], r['seed']), []).append(r)
+    lines.setdefault((r.stage, r.seed), []).append(r)
   seeds = len({s for _, s in lines})
   for ax, (group, key) in zip(axes, panels):
     for (stage, seed), rs in lines.items():
-      rs = sorted(rs, key=lambda r: r['epoch'])
-      epochs = [r['epoch'] for r in rs]
+      rs = sorted(rs, key=lambda r: r.epoch)
+      epochs = [r.epoch for r in rs]
       colour = STAGE_COLOURS.get(stage)
       # One legend entry per stage; its seeds share the colour.
-      label = (STAGE_NAMES.get(stage, stage) + (f' ({seeds} seeds)' if seeds > 1 else '')
+      label = (STAGE_TITLES.get(stage, stage) + (f' ({seeds} seeds)' if seeds > 1 else '')
                if seed == min(s for st, s in lines if st == stage) else None)
       if group == 'train':
-        ax.plot(epochs, [r['train'].get(key, np.nan) for r in rs], color=colour, marker='.',
+        ax.plot(epochs, [r.train.get(key, np.nan) for r in rs], color=colour, marker='.',
                 label=label)
       else:
         for level, style in (('segment', '-'), ('event', '--')):
-          ax.plot(epochs, [r['val'][f'{level}/type'] for r in rs], color=colour,
+          ax.plot(epochs, [r.val[f'{level}/type'] for r in rs], color=colour,
                   linestyle=style, marker='.', label=label and f'{label}, {level}')
     ax.set_title(f'train loss: {key}' if group == 'train' else 'val Type@AV (F, %)',
                  fontsize=9)
@@ -209,3 +231,103 @@ def curves(records: list[dict]) -> Figure:
     ax.set_axis_off()
   fig.subplots_adjust(left=0.06, right=0.98, top=0.94, bottom=0.08, wspace=0.3, hspace=0.4)
   return fig
+
+
+def plot_run(config, workdir: str, splits: dict[str, Split], *, split: str = 'test',
+               clips: list[str] | None = None, num_clips: int = 3, seed: int | None = None,
+               model: str = 'last', out: str | None = None) -> list[str]:
+  """The pictures of a run from what its workdir holds, as PNG files in `out` (default
+  <workdir>/plots); returns their paths. A picture whose input is not there yet is left out.
+
+  - timeline_<split>_<clip>.png: per clip of `split` (`clips`, or the first `num_clips` with
+    an event of one modality only), each trained stage's `model` of `seed` (default the
+    first) against the truth;
+  - refinement.png: training clips with labels that stage 2 dropped for `seed`, against the
+    truth where the split has it;
+  - per_class.png: per-class segment F on test of each finished stage (mean over the seeds);
+  - curves.png: the loss terms and val Type@AV per epoch, every stage and seed.
+  """
+  out = out or wd.plots_dir(workdir)
+  figures = _timelines(config, workdir, splits[split], split, clips, num_clips, seed, model)
+  refined = checkpoints.load_refined(workdir)
+  if refined is not None:
+    s, _ = seeds.seed_index(refined['stats']['seeds'], seed, wd.refine_dir(workdir))
+    figures['refinement.png'] = refinement(
+        _refinement_examples(splits['train'], refined['drop_a'][s], refined['drop_v'][s]))
+  f = {}
+  for stage in wd.TRAINING_STAGES:
+    report = reports.read_report(wd.stage_paths(workdir, stage)['report'])
+    if report is not None:
+      f[stage] = {'audio': report['per_class_audio'], 'visual': report['per_class_visual']}
+  if f:
+    figures['per_class.png'] = per_class(f)
+  records = logs.read_metrics(workdir)
+  if records:
+    figures['curves.png'] = curves(records)
+  paths = [os.path.join(out, name) for name in figures]
+  for path, fig in zip(paths, figures.values()):
+    wd.atomic_write(path, png(fig))
+  print(f'plots: {len(paths)} pictures in {out}', flush=True)
+  return paths
+
+
+def _timelines(config, workdir: str, data: Split, split: str, clips, num_clips: int, seed,
+               model: str) -> dict:
+  """{file name: timeline figure} of the chosen clips, a row per trained stage."""
+  trained = [s for s in wd.TRAINING_STAGES if checkpoints.checkpoint_epoch(workdir, s, model)]
+  if not trained:
+    return {}
+  if not data.has_dense_truth:
+    raise ValueError(f'The {split} split has no dense truth to draw the timelines against.')
+  if clips:
+    index = {str(n): i for i, n in enumerate(data.names)}
+    missing = [c for c in clips if c not in index]
+    if missing:
+      raise ValueError(f'Clips {missing} are not in the {split} split.')
+    chosen = data.take(np.array([index[c] for c in clips]))
+  else:
+    chosen = data.take(pick_clips(data.gt_a, data.gt_v, num_clips))
+  if not len(chosen):
+    return {}
+  preds = {}
+  for stage in trained:
+    checkpoint = checkpoints.restore_params(workdir, stage, model)
+    net, params, shown = seeds.one_seed(config, checkpoint, seed,
+                                        wd.checkpoint_dir(workdir, stage, model))
+    pred, _ = train.segment_outputs(net, params, chosen, config.train.eval_batch_size)
+    # best/ holds each seed's own best; its epoch is the last at which any seed improved.
+    which = f'epoch {checkpoint.epoch}' if model == 'last' else 'best val'
+    preds[f'{STAGE_TITLES[stage]}, {which}, seed {shown}'] = pred
+  figures = {}
+  for k, name in enumerate(chosen.names):
+    file = f'timeline_{split}_{re.sub(r"[^A-Za-z0-9._-]", "_", str(name))}.png'
+    if file in figures:  # Two names that differ only in the characters replaced.
+      file = file.replace('.png', f'_{k}.png')
+    figures[file] = timeline(
+        f'{name} ({split})', {label: {m: p[m][k] for m in p} for label, p in preds.items()},
+        {'audio': chosen.gt_a[k], 'visual': chosen.gt_v[k]})
+  return figures
+
+
+def _refinement_examples(train_split: Split, drop_a: np.ndarray, drop_v: np.ndarray,
+                         per_modality: int = 4) -> dict[str, list[dict]]:
+  """{'audio': the first training clips with an audio drop, 'visual': the first others with
+  a visual drop}; drop_a, drop_v: bool (N, 25)."""
+  picked = {}
+  for modality, drop in zip(MODALITIES, (drop_a, drop_v)):
+    taken = [i for ids in picked.values() for i in ids]
+    picked[modality] = [i for i in np.flatnonzero(drop.any(-1)) if i not in taken][:per_modality]
+  return {m: [_refinement_example(train_split, drop_a, drop_v, i) for i in ids]
+          for m, ids in picked.items()}
+
+
+def _refinement_example(train_split: Split, drop_a: np.ndarray, drop_v: np.ndarray,
+                        i: int) -> dict:
+  """Clip i's weak labels, their drops and, where the split has dense truth, whether each
+  event is heard / seen anywhere in the clip (the input of `refinement`)."""
+  classes = np.flatnonzero(train_split.labels[i] > 0)
+  truth = ({'truth_a': train_split.gt_a[i].any(-1)[classes],
+            'truth_v': train_split.gt_v[i].any(-1)[classes]}
+           if train_split.has_dense_truth else {'truth_a': None, 'truth_v': None})
+  return {'name': str(train_split.names[i]), 'classes': list(classes),
+          'drop_a': drop_a[i, classes], 'drop_v': drop_v[i, classes], **truth}

@@ -11,13 +11,17 @@ import functools
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
 
-from avvp_jax import metrics, train
+from avvp_jax import metrics, placement, train
 from avvp_jax.data import Split
+from avvp_jax.data.classes import CLASSES
 from avvp_jax.models import HAN
 
 MAX_DRAW_ROUNDS = 50
+# METHOD.md section 4: the frozen model's training error counts predictions at 0.5, as the
+# evaluation does; the rule's bar (`refine.threshold`) is a separate number.
+ERROR_THRESHOLD = 0.5
 
 
 def draw_partners(labels: np.ndarray, num_partners: int, rng: np.random.Generator) -> np.ndarray:
@@ -75,29 +79,32 @@ def _swapped_probs_seeds(model: HAN, params, data: dict, idx, partners) -> dict:
 
 
 def swapped_probs(model: HAN, params, split: Split, partners: np.ndarray,
-                  pairs_per_batch: int, seeds: bool = False) -> dict[str, np.ndarray]:
+                  pairs_per_batch: int, seeds: bool = False,
+                  desc: str = 'refine') -> dict[str, np.ndarray]:
   """`_swapped_one` over the whole split in fixed-size batches; host arrays (N, 25).
 
   With `seeds`, `params` are S models stacked on a leading axis and `partners` (S, N, K)
-  each model's partners; the outputs are (S, N, 25).
+  each model's partners; the outputs are (S, N, 25). A progress bar (`desc`) counts the
+  batches.
   """
   num_seeds = len(partners) if seeds else 1
-  mesh = train.make_mesh(num_seeds)
+  mesh = placement.make_mesh(num_seeds)
   data = train.device_arrays(split, {}, mesh)
   n, k = partners.shape[-2:]
   batch = max(1, pairs_per_batch // k)
-  if seeds:
-    params = jax.device_put(params, NamedSharding(mesh, P('seed')))
+  params = jax.device_put(params, placement.params_sharding(mesh, seeds))
   outs = []
-  for start in range(0, n, batch):
+  starts = range(0, n, batch)
+  # Shows progress even where the refinement runs for minutes (K = 16, several seeds).
+  for start in tqdm(starts, desc=desc, leave=False, dynamic_ncols=True, disable=None):
     idx = np.arange(start, start + batch) % n  # Wrap the last batch: one compiled shape.
     if seeds:
       outs.append(_swapped_probs_seeds(model, params, data, idx, partners[:, idx]))
     else:
       outs.append(_swapped_probs(model, params, data, idx, partners[idx]))
   axis = 1 if seeds else 0
-  return {key: np.concatenate([train.host(o[key]) for o in outs], axis).take(np.arange(n), axis)
-          for key in outs[0]}
+  return {key: np.concatenate([placement.host(o[key]) for o in outs], axis).take(
+      np.arange(n), axis) for key in outs[0]}
 
 
 def error_rate(prob: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
@@ -108,7 +115,8 @@ def error_rate(prob: np.ndarray, labels: np.ndarray, threshold: float) -> np.nda
   return ((prob >= threshold) != (labels > 0)).mean(0)
 
 
-def normalised_error(prob: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+def normalised_error(prob: np.ndarray, labels: np.ndarray,
+                     threshold: float = ERROR_THRESHOLD) -> np.ndarray:
   """E[c] = err[c] / max(err), with err from `error_rate`.
 
   A class (or model) with no error gets E = 0, which never drops a label (the reference's
@@ -126,6 +134,8 @@ def refine_labels(orig: dict, swapped: dict, labels: np.ndarray, threshold: floa
     orig: a_prob, v_prob (N, 25) on the original pairs.
     swapped: output of `swapped_probs`.
     labels: (N, 25) weak labels.
+    threshold: the bar of the rule: a label drops where both swapped probabilities over E
+      are below it (0.5 in the paper). E counts errors at ERROR_THRESHOLD, whatever the bar.
     modalities: which targets may lose labels: 'audio', 'visual' or 'both'.
   Returns:
     drop_a, drop_v: bool (N, 25), True where the label is removed from that modality's target.
@@ -133,8 +143,8 @@ def refine_labels(orig: dict, swapped: dict, labels: np.ndarray, threshold: floa
   if modalities not in ('audio', 'visual', 'both'):
     raise ValueError(f'refine.modalities must be audio, visual or both, not {modalities!r}.')
   labelled = labels > 0
-  e_v = normalised_error(orig['v_prob'], labels, threshold)
-  e_a = normalised_error(orig['a_prob'], labels, threshold)
+  e_v = normalised_error(orig['v_prob'], labels)
+  e_a = normalised_error(orig['a_prob'], labels)
   with np.errstate(divide='ignore', invalid='ignore'):
     below = lambda p, e: np.where(e > 0, p / e, np.inf) < threshold
     drop_v = labelled & below(swapped['v_changed_audio'], e_v) & below(
@@ -174,7 +184,7 @@ def refinement_stats(labels: np.ndarray, drop_a: np.ndarray, drop_v: np.ndarray,
   return stats
 
 
-def base_error_stats(orig: dict, labels: np.ndarray, threshold: float) -> dict:
+def base_error_stats(orig: dict, labels: np.ndarray) -> dict:
   """The frozen model's training error per modality, the signal of the rule's E_a and E_v.
 
   orig: a_prob, v_prob (N, 25) on the original pairs. Returns, per modality m, the mean
@@ -183,7 +193,7 @@ def base_error_stats(orig: dict, labels: np.ndarray, threshold: float) -> dict:
   """
   stats = {}
   for m in ('audio', 'visual'):
-    err = error_rate(orig[f'{m[0]}_prob'], labels, threshold)
+    err = error_rate(orig[f'{m[0]}_prob'], labels, ERROR_THRESHOLD)
     stats[f'{m}/train_error'] = 100 * float(err.mean())
     stats[f'{m}/error_classes'] = int((err > 0).sum())
   return stats
@@ -204,8 +214,8 @@ def format_stats(stats: dict) -> str:
     lines.append(line)
   if 'audio/error_classes' in stats:
     lines.append('  frozen model\'s training error: ' + ', '.join(
-        f'{m} {stats[f"{m}/train_error"]:.1f} % (> 0 in {stats[f"{m}/error_classes"]}/25 '
-        'classes)' for m in ('audio', 'visual')))
+        f'{m} {stats[f"{m}/train_error"]:.1f} % (> 0 in {stats[f"{m}/error_classes"]}/'
+        f'{len(CLASSES)} classes)' for m in ('audio', 'visual')))
   return '\n'.join(lines)
 
 
@@ -257,7 +267,7 @@ def refine_targets(model: HAN, params, split: Split, refine_config, *, seeds: li
     drop_a, drop_v = refine_labels(orig[s], swapped[s], split.labels, rc.threshold,
                                    rc.modalities)
     stats = refinement_stats(split.labels, drop_a, drop_v, split.gt_a, split.gt_v)
-    stats.update(base_error_stats(orig[s], split.labels, rc.threshold))
+    stats.update(base_error_stats(orig[s], split.labels))
     drops.append((drop_a, drop_v))
     per_seed.append(stats)
   targets = {'drop_a': np.stack([d[0] for d in drops]), 'drop_v': np.stack([d[1] for d in drops]),

@@ -4,9 +4,9 @@ The data set lives on the device; each epoch draws batches on the device from a 
 permutation, and runs its steps in a few calls of a `lax.scan`, so that a step needs no host
 round trip and no dispatch of its own. Steps are written against a `Mesh` with a `seed` and
 a `data` axis: the models of several seeds, stacked on a leading axis and trained in one
-vmapped program, are sharded along `seed`, batches along `data`, which runs unchanged from one
-device to many and from one process to many. The train state is a plain pytree (params,
-optimiser state, step).
+vmapped program, are sharded along `seed`, batches along `data` (`placement` lays them out),
+which runs unchanged from one device to many and from one process to many. The train state
+is a plain pytree (params, optimiser state, step).
 Running a stage in a workdir (checkpoints, logs, reports) is `stages.py`'s work.
 """
 
@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 from tqdm import tqdm
 
-from avvp_jax import losses, metrics
+from avvp_jax import losses, metrics, placement
 from avvp_jax.data import Split
+from avvp_jax.data.classes import NUM_SEGMENTS
 from avvp_jax.models import HAN
 
 INPUTS = ('audio', 'video_2d', 'video_3d')
@@ -37,29 +37,6 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
-
-
-def seed_devices(num_seeds: int, num_devices: int) -> int:
-  """How many devices the `seed` axis spans: S seeds on D devices take min(S, D), which must
-  divide the other, so that every device holds as many seeds and as much of each batch."""
-  if num_seeds < 1:
-    raise ValueError(f'num_seeds must be at least 1, not {num_seeds}.')
-  if num_seeds % num_devices and num_devices % num_seeds:
-    fits = sorted({d for d in range(1, num_devices + 1) if num_devices % d == 0}
-                  | {num_devices * 2, num_devices * 4})
-    raise ValueError(
-        f'num_seeds = {num_seeds} cannot be placed on {num_devices} devices: the seeds are '
-        f'sharded over the devices, so one count must divide the other (e.g. num_seeds in '
-        f'{fits}).')
-  return min(num_seeds, num_devices)
-
-
-def make_mesh(num_seeds: int = 1) -> Mesh:
-  """A 2-D mesh over all devices: a `seed` axis over which stacked models are sharded
-  (`seed_devices`), and a `data` axis along which batches are sharded."""
-  s = seed_devices(num_seeds, jax.device_count())
-  return jax.make_mesh((s, jax.device_count() // s), ('seed', 'data'),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def _stacked_leaves(axes, arg):
@@ -94,13 +71,6 @@ def over_seeds(fn: Callable, in_axes: tuple) -> Callable:
   return stacked
 
 
-def host(x: jax.Array) -> np.ndarray:
-  """`x` as a host array, gathered from every process where it spans several."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def steps_per_epoch(num_clips: int, batch_size: int) -> int:
   return -(-num_clips // batch_size)
 
@@ -116,7 +86,7 @@ def make_schedule(train_config, num_clips: int) -> optax.Schedule:
 
 def init_params(model: HAN, rng):
   """Fresh parameters (float32) from `rng`."""
-  t = 10
+  t = NUM_SEGMENTS
   dummy = [jnp.zeros((1, t, model.audio_dim)), jnp.zeros((1, t, model.video_2d_dim)),
            jnp.zeros((1, t, model.video_3d_dim))]
   return model.init(rng, *dummy, train=False)['params']
@@ -147,8 +117,8 @@ def device_arrays(split: Split, targets: dict[str, np.ndarray], mesh: Mesh,
   'y_global' | 'y_a' | 'y_v': (N, 25)}, replicated. With `seeds`, the targets are those of
   S models, (S, N, 25), sharded over the `seed` axis.
   """
-  inputs = jax.device_put({k: getattr(split, k) for k in INPUTS}, NamedSharding(mesh, P()))
-  return {**inputs, **jax.device_put(targets, NamedSharding(mesh, P('seed' if seeds else None)))}
+  inputs = jax.device_put({k: getattr(split, k) for k in INPUTS}, placement.replicated(mesh))
+  return {**inputs, **jax.device_put(targets, placement.params_sharding(mesh, seeds))}
 
 
 def loss_fn(params, model: HAN, loss_config, batch: dict, rng) -> tuple[jax.Array, dict]:
@@ -180,7 +150,7 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
   """
   schedule = make_schedule(train_config, num_clips)
   tx = optax.adam(schedule)
-  batch_sharding = NamedSharding(mesh, P('data'))
+  batch_sharding = placement.batched(mesh)
 
   def train_step(state: TrainState, data: dict, idx: jax.Array, rng) -> tuple[TrainState, dict]:
     batch = jax.lax.with_sharding_constraint(
@@ -251,7 +221,7 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
   per_call = -(-steps // calls)  # E.g. 32 steps at most 25 per call: 2 calls of 16.
   pad = [(0, 0)] * (batches.ndim - 2) + [(0, calls * per_call - steps), (0, 0)]
   batches = jnp.pad(batches, pad)  # Padding rows: skipped.
-  first_step = int(host(state.step).ravel()[0])
+  first_step = int(placement.host(state.step).ravel()[0])
   history, start = [], time.perf_counter()
   with tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True, disable=None) as bar:
 
@@ -260,7 +230,8 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
       real = min(per_call, steps - call * per_call)  # Its rows that are steps, not padding.
       done = call * per_call + real
       bar.update(real)
-      bar.set_postfix(loss=f'{float(np.mean(host(history[call]["total"])[..., real - 1])):.4f}',
+      loss = np.mean(placement.host(history[call]['total'])[..., real - 1])
+      bar.set_postfix(loss=f'{float(loss):.4f}',
                       lr=f'{lr_fn(first_step + done - 1):.1e}',
                       clips_per_s=f'{done * batch_size / (time.perf_counter() - start):.0f}')
 
@@ -272,7 +243,7 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
       if call:  # The previous call's loss: fetching it leaves this call queued behind it.
         report(call - 1)
     report(calls - 1)
-  return state, {k: np.concatenate([host(h[k]) for h in history], -1)[..., :steps]
+  return state, {k: np.concatenate([placement.host(h[k]) for h in history], -1)[..., :steps]
                  for k in history[0]}
 
 
@@ -299,10 +270,10 @@ def predict(model: HAN, params, split: Split, batch_size: int,
   ... (S, N, T, 2, 25).
   """
   num_seeds = jax.tree.leaves(params)[0].shape[0] if seeds else 1
-  mesh = make_mesh(num_seeds)
-  batch_size = -(-batch_size // mesh.shape['data']) * mesh.shape['data']  # Shardable.
-  batch_sharding = NamedSharding(mesh, P('data'))
-  params = jax.device_put(params, NamedSharding(mesh, P('seed' if seeds else None)))
+  mesh = placement.make_mesh(num_seeds)
+  batch_size = placement.shardable(batch_size, mesh)
+  batch_sharding = placement.batched(mesh)
+  params = jax.device_put(params, placement.params_sharding(mesh, seeds))
   forward = _forward_seeds if seeds else _forward
   n = len(split)
   outs = []
@@ -313,7 +284,7 @@ def predict(model: HAN, params, split: Split, batch_size: int,
       inputs = [np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) for x in inputs]
     outs.append(forward(model, params, *jax.device_put(inputs, batch_sharding)))
   axis = 1 if seeds else 0
-  return {k: np.concatenate([host(o[k]) for o in outs], axis).take(np.arange(n), axis)
+  return {k: np.concatenate([placement.host(o[k]) for o in outs], axis).take(np.arange(n), axis)
           for k in outs[0]}
 
 
@@ -352,12 +323,13 @@ def targets_from_labels(labels: np.ndarray, loss_config, drop_a=None, drop_v=Non
           'y_v': np.asarray(y_v, np.float32)}
 
 
-STAGE_INDEX = {'base': 0, 'final': 1}
 # Key implementation of every seeded stream (init, shuffling, dropout keys); changing it
-# changes every seeded result (benchmarks/RESULTS.md, "Design measurements", says why it is rbg).
+# changes every seeded result (benchmarks/RESULTS.md, "Design measurements", says why rbg).
 RNG_IMPL = 'rbg'
 
 
-def stage_rng(seed: int, stage: str):
-  return jax.random.fold_in(jax.random.key(seed, impl=RNG_IMPL), STAGE_INDEX[stage])
+def stage_rng(seed: int, stage_index: int):
+  """The key of a training stage of one seed; `stage_index` is the stage's place among the
+  training stages (0: base, 1: final)."""
+  return jax.random.fold_in(jax.random.key(seed, impl=RNG_IMPL), stage_index)
 

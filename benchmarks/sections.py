@@ -1,5 +1,6 @@
-"""The benchmark sections: attention, train, refine, eval; each times the library against its
-yardstick (PyTorch, the matmul rate, K = 1) and returns its rows and targets.
+"""The five benchmark sections: attention, train, refine, seeds, eval; each times the library
+against its yardstick (PyTorch, the matmul rate, K = 1, separate runs) and returns its rows
+and targets.
 
 A section is a function of the run's context, a dict: 'sizes' (Sizes), 'config' (configs.ma)
 and 'torch_device'; it returns (rows, targets), as benchmarks.report builds them.
@@ -15,9 +16,8 @@ import ml_collections
 import numpy as np
 import optax
 import torch
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from avvp_jax import metrics, refine, train
+from avvp_jax import metrics, placement, refine, train
 from avvp_jax.data import synthetic
 from avvp_jax.data.split import Split
 from avvp_jax.models import HAN, HybridAttentionLayer
@@ -166,7 +166,7 @@ class _JaxTrainer:
   def __init__(self, ctx: dict, split: Split, targets: dict[str, np.ndarray]):
     config = ctx['config']
     self.model = HAN.from_config(config.model)
-    mesh = train.make_mesh()
+    mesh = placement.make_mesh()
     self.steps_per_call = config.train.steps_per_call
     self.schedule, tx, self.train_steps = train.make_training(
         self.model, ml_collections.FrozenConfigDict(config.train),
@@ -174,9 +174,9 @@ class _JaxTrainer:
     self.key = jax.random.key(0, impl=train.RNG_IMPL)
     # From the shared parameters, copied: the step donates them.
     state = train.train_state(jax.tree.map(jnp.copy, _init_params(self.model)), tx)
-    # Placed as the step returns it (as train.train_stage does): else its second call
+    # Placed as the step returns it (as stages.train_stage does): else its second call
     # compiles again, for the new placement.
-    self.state = jax.device_put(state, NamedSharding(mesh, P()))
+    self.state = jax.device_put(state, placement.replicated(mesh))
     self.data = train.device_arrays(split, targets, mesh)
     self.calls = 0
 
@@ -421,7 +421,7 @@ def bench_seeds(ctx: dict) -> tuple[list, list]:
   separate one-model calls, each of the same steps at batch 16."""
   sizes, config = ctx['sizes'], ctx['config']
   model = HAN.from_config(config.model)
-  mesh = train.make_mesh()
+  mesh = placement.make_mesh()
   split = _split(max(BATCH * sizes.seeds_steps, BATCH), 'train')
   frozen = (ml_collections.FrozenConfigDict(config.train),
             ml_collections.FrozenConfigDict(config.loss))
@@ -432,7 +432,7 @@ def bench_seeds(ctx: dict) -> tuple[list, list]:
   data = train.device_arrays(split, targets, mesh)
   params = _init_params(model)
   # Placed as the calls return them, so that no timed call compiles again.
-  place = lambda state: jax.device_put(state, NamedSharding(mesh, P()))
+  place = lambda state: jax.device_put(state, placement.replicated(mesh))
   held = {}  # The states, replaced by each call (the calls donate them).
 
   def separate(m):

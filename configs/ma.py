@@ -12,11 +12,9 @@ plain overrides, e.g. `--config.refine.modalities=audio`, `--config.loss.tau=0.1
 
 Schedules (epochs per training stage, lr x 0.1 every `lr_decay_every` epochs):
   builtin    8 epochs, step 3 (default): for the built-in synthetic data (2,000 training
-             clips), whose clips are easier to fit than LLP's. Trained for 12 or 40 epochs,
-             stage 1 keeps a visual training error in at most one class (none at 500 or
-             1,000 clips); E = err / max(err) is then zero elsewhere and the rule can drop
-             visual labels of that class only (benchmarks/RESULTS.md, "Regime map"). After
-             8 epochs it still errs visually in 12-16 of the 25 classes.
+             clips), whose clips are easier to fit than LLP's: trained longer, stage 1 stops
+             erring on its training clips in almost every class, and the rule, whose E is
+             err / max(err), can no longer drop their labels (studies/regime.md).
   reference  12 epochs, step 10: the defaults of the reference scripts, on LLP (10,000 clips).
   paper      40 epochs, step 10: the paper's setting, on LLP (10,000 clips).
 Use `reference` or `paper` with `--config.data.source=llp`.
@@ -64,7 +62,7 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   # Models trained side by side in one vmapped program, with seeds seed, seed + 1, ...; every
   # number is then reported as mean ± sd over them, and per seed.
   config.num_seeds = 1
-  # Draw the run's pictures into <workdir>/plots at its end (`stages.plot_stage`).
+  # Draw the run's pictures into <workdir>/plots at its end (`plots.plot_run`).
   config.plots = True
 
   config.data = ml_collections.ConfigDict()
@@ -78,7 +76,6 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   config.data.tfds_dir = ''  # Where the array_record build goes; default <dir>/tfds.
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.seed = 0
-  # With the builtin schedule, all three stages finish in under 5 minutes on 2 CPU cores.
   config.data.synthetic.num_train = 2000
   config.data.synthetic.num_val = 128
   config.data.synthetic.num_test = 1000
@@ -124,6 +121,8 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   config.refine.enabled = refine
   config.refine.modalities = 'both'  # 'audio', 'visual' or 'both' (Table 3).
   config.refine.num_partners = 1  # K; 1 is the paper.
+  # The rule's bar: drop where both swapped probabilities / E fall below it (0.5 in the
+  # paper). E itself always counts the frozen model's errors at 0.5 (METHOD.md section 4).
   config.refine.threshold = 0.5
   # With several seeds: apply the rule to the mean probabilities of all seeds' stage-1 models
   # (on each seed's partners) instead of each seed's own model.

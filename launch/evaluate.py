@@ -22,7 +22,7 @@ import os
 
 from absl import app, flags, logging
 
-from avvp_jax import events, metrics, stages, train, workdir as wd
+from avvp_jax import checkpoints, events, metrics, reports, seeds, train, workdir as wd
 from avvp_jax.data import annotations, describe, load_splits
 from avvp_jax.models import HAN
 
@@ -51,7 +51,7 @@ def score_predictions(config, split, split_name: str, folder: str) -> None:
       f'predictions of {folder}, {split_name} on {data_name}')))
   print(metrics.format_per_class(evaluation['per_class_audio'],
                                  evaluation['per_class_visual']))
-  wd.write_report(os.path.join(folder, f'report_{split_name}.json'),
+  reports.write_report(os.path.join(folder, f'report_{split_name}.json'),
                   metrics.summarise_seeds([evaluation]), seeds=[], per_seed=[],
                   split=split_name, num_clips=len(split), step=None, config_name=config.name,
                   data=data_name, model='predictions')
@@ -70,24 +70,26 @@ def main(argv):
     return
   data_name = describe(config.data)
   model = HAN.from_config(config.model)
-  seeds = stages.seed_list(config)
   found = False
   for stage in wd.TRAINING_STAGES:
-    if wd.checkpoint_epoch(workdir, stage, which) is None:
+    if checkpoints.checkpoint_epoch(workdir, stage, which) is None:
       continue
     found = True
-    params, epoch = wd.restore_params(workdir, stage, which)
-    evaluations = train.evaluate_split(model, params, split, config.train.eval_batch_size,
-                                       seeds=True)
-    summary = stages.print_results(stages.table_title(
-        config, stage, split_name, data_name, f'{which} model (epoch {epoch})'), seeds,
-        evaluations)
+    checkpoint = checkpoints.restore_params(workdir, stage, which)
+    stage_seeds = seeds.checkpoint_seeds(config, checkpoint)
+    evaluations = train.evaluate_split(model, checkpoint.params, split,
+                                       config.train.eval_batch_size, seeds=True)
+    summary = metrics.summarise_seeds(evaluations)
+    print(metrics.format_results(metrics.table_title(
+        config.name, stage, split_name, data_name,
+        f'{which} model (epoch {checkpoint.epoch})'), stage_seeds, summary, evaluations))
     print(metrics.format_per_class(summary['per_class_audio'], summary['per_class_visual']))
     suffix = '' if which == 'last' else f'_{which}'
-    wd.write_report(
+    reports.write_report(
         os.path.join(wd.stage_paths(workdir, stage)['dir'], f'eval_{split_name}{suffix}.json'),
-        summary, seeds=seeds, per_seed=evaluations, split=split_name, num_clips=len(split),
-        step=None, epoch=epoch, config_name=config.name, data=data_name, model=which)
+        summary, seeds=stage_seeds, per_seed=evaluations, split=split_name,
+        num_clips=len(split), step=None, epoch=checkpoint.epoch, config_name=config.name,
+        data=data_name, model=which)
   if not found:
     raise SystemExit(f'{workdir}: no {which} checkpoint of any stage (expected one in '
                      f'{wd.checkpoint_dir(workdir, "base", which)}).')

@@ -24,7 +24,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from avvp_jax import events, stages, train, workdir as wd
+from avvp_jax import checkpoints, events, seeds, train, workdir as wd
 from avvp_jax.data import load_splits, llp
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by launch/main.py.')
@@ -47,20 +47,20 @@ flags.mark_flags_as_mutual_exclusive(['workdir', 'checkpoint'], required=True)
 
 
 def _model_source():
-  """(config, stacked params, epoch, where the checkpoint is, default output folder)."""
+  """(config, checkpoint, where the checkpoint is, default output folder)."""
   if _CHECKPOINT.value:
     if not _OUT.value:
       raise app.UsageError('With --checkpoint, say where the events go: --out=DIR.')
     path = os.path.abspath(_CHECKPOINT.value)
-    params, epoch = wd.restore_checkpoint(path)
+    checkpoint = checkpoints.restore_checkpoint(path)
     config = _CONFIG.value or wd.load_config(wd.workdir_of(path))
-    return config, params, epoch, path, None
+    return config, checkpoint, path, None
   if _CONFIG.value:
     raise app.UsageError("--config goes with --checkpoint; a workdir's model is its own.")
   workdir = os.path.abspath(_WORKDIR.value)
   config = wd.load_config(workdir)
-  params, epoch = wd.restore_params(workdir, _STAGE.value, _MODEL.value)
-  return (config, params, epoch, wd.checkpoint_dir(workdir, _STAGE.value, _MODEL.value),
+  checkpoint = checkpoints.restore_params(workdir, _STAGE.value, _MODEL.value)
+  return (config, checkpoint, wd.checkpoint_dir(workdir, _STAGE.value, _MODEL.value),
           wd.stage_paths(workdir, _STAGE.value)['dir'])
 
 
@@ -69,8 +69,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   try:
-    config, params, epoch, checkpoint, default_out = _model_source()
-    model, params, seed = stages.one_seed(config, params, _SEED.value, checkpoint)
+    config, ckpt, checkpoint, default_out = _model_source()
+    model, params, seed = seeds.one_seed(config, ckpt, _SEED.value, checkpoint)
+    epoch = ckpt.epoch
   except (FileNotFoundError, ValueError) as e:  # No such checkpoint, seed or model.
     raise SystemExit(f'parse.py: {e}') from None
   if _FEATURES.value:

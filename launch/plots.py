@@ -19,7 +19,7 @@ import os
 
 from absl import app, flags, logging
 
-from avvp_jax import stages, workdir as wd
+from avvp_jax import plots, workdir as wd
 from avvp_jax.data import load_splits
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by launch/main.py.')
@@ -41,7 +41,7 @@ def main(argv):
   workdir = os.path.abspath(_WORKDIR.value)
   config = wd.load_config(workdir)
   try:
-    paths = stages.plot_stage(config, workdir, load_splits(config.data), split=_SPLIT.value,
+    paths = plots.plot_run(config, workdir, load_splits(config.data), split=_SPLIT.value,
                               clips=_CLIPS.value, num_clips=_NUM_CLIPS.value, seed=_SEED.value,
                               model=_MODEL.value, out=_OUT.value)
   except ValueError as e:  # No such clip or seed, or no truth to draw against.

@@ -53,3 +53,22 @@ def test_malformed_prediction_files_name_the_file_the_row_and_the_problem(tmp_pa
   path.write_text(text)
   with pytest.raises(annotations.AnnotationError, match=str(path) + message):
     events.read_predictions(str(path), NAMES)
+
+
+def test_rows_named_by_the_video_id_score_as_their_clip(tmp_path):
+  """A feature folder in the release layout names clips by their 11-character id; its events
+  read back as those of the clips with that id, as the loader maps ids to clips."""
+  names = np.array(['aaaaaaaaaaa_30_40', 'bbbbbbbbbbb_0_10', 'ccccccccccc_5_15'])
+  rng = np.random.default_rng(1)
+  pred = rng.random((3, 25, 10)) < 0.3
+  by_name, by_id = str(tmp_path / 'by_name.csv'), str(tmp_path / 'by_id.csv')
+  events.write_events_csv(by_name, events.to_events(pred, names))
+  ids = np.array([annotations.video_id(n) for n in names])
+  events.write_events_csv(by_id, events.to_events(pred, ids))
+  np.testing.assert_array_equal(events.read_predictions(by_id, names), pred)
+  np.testing.assert_array_equal(events.read_predictions(by_name, names), pred)
+  shared = np.array(['aaaaaaaaaaa_30_40', 'aaaaaaaaaaa_40_50', 'bbbbbbbbbbb_0_10'])
+  with pytest.raises(annotations.AnnotationError,
+                     match=r"video id 'aaaaaaaaaaa' names 2 clips of the split "
+                           r"\(aaaaaaaaaaa_30_40, aaaaaaaaaaa_40_50\); give the filename"):
+    events.read_predictions(by_id, shared)

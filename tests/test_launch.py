@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from avvp_jax import pipeline, stages
-from avvp_jax.data import load_splits
+from avvp_jax import pipeline, plots
+from avvp_jax.data import annotations, load_splits
 from configs import ma
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -71,20 +71,38 @@ def test_parse_then_evaluate_the_events_files_gives_the_stage_report(tmp_path, b
             == (folder / f'events_{m}.csv').read_text())
 
   # The same clips as files: vggish/ (10, 128), res152/ (80, 2048: 8 frames per segment),
-  # r2plus1d_18/ (10, 512), named by the clip.
+  # r2plus1d_18/ (10, 512), named as the release names them: by the 11-character video id.
   test = load_splits(config.data)['test']
   clips = tmp_path / 'clips'
   for sub, field in (('vggish', 'audio'), ('res152', 'video_2d'), ('r2plus1d_18', 'video_3d')):
     (clips / sub).mkdir(parents=True)
     for name, x in zip(test.names[:3], getattr(test, field)[:3]):
-      np.save(clips / sub / f'{name}.npy', np.repeat(x, 8, 0) if sub == 'res152' else x)
+      np.save(clips / sub / f'{annotations.video_id(name)}.npy',
+              np.repeat(x, 8, 0) if sub == 'res152' else x)
   _launch('parse.py', f'--workdir={workdir}', '--stage=base', f'--features={clips}',
           f'--out={tmp_path / "parsed"}')
   parsed = json.loads((tmp_path / 'parsed' / 'events.json').read_text())['events']
   split_events = json.loads((folder / 'events.json').read_text())['events']
   for m in ('audio', 'visual'):
-    mine = [e for e in split_events[m] if e['filename'] in set(test.names[:3])]
+    mine = [{**e, 'filename': annotations.video_id(e['filename'])} for e in split_events[m]
+            if e['filename'] in set(test.names[:3])]
     assert [{**e, 'confidence': pytest.approx(e['confidence'])} for e in mine] == parsed[m]
+  # Their events, rows named by id, score against the split as the clips they are: as the
+  # split's own rows of those clips, named by filename, do.
+  named = tmp_path / 'named'
+  named.mkdir()
+  for m in ('audio', 'visual'):
+    rows = (folder / f'events_{m}.csv').read_text().splitlines()
+    (named / f'events_{m}.csv').write_text('\n'.join(
+        [rows[0]] + [r for r in rows[1:] if r.split('\t')[0] in set(test.names[:3])]) + '\n')
+  assert sum(len((named / f'events_{m}.csv').read_text().splitlines()) for m in
+             ('audio', 'visual')) > 2, 'the three clips have no event: inconclusive'
+  for parsed_folder in (tmp_path / 'parsed', named):
+    _launch('evaluate.py', f'--workdir={workdir}', '--split=test',
+            f'--predictions={parsed_folder}')
+  by_id, by_name = (json.loads((f / 'report_test.json').read_text())['results']
+                    for f in (tmp_path / 'parsed', named))
+  assert by_id == by_name
 
 
 def test_plots_entry_draws_the_chosen_clips_and_what_the_workdir_holds(tmp_path, base_run):
@@ -99,11 +117,12 @@ def test_plots_entry_draws_the_chosen_clips_and_what_the_workdir_holds(tmp_path,
                     f'--out={tmp_path / "pictures"}')
   assert f'timeline_test_{name}.png' in printed
   png = (tmp_path / 'pictures' / f'timeline_test_{name}.png').read_bytes()
-  assert struct.unpack('>II', png[16:24]) == (1000, 600)  # One row: stage 1 only.
+  width, height = struct.unpack('>II', png[16:24])
+  assert width == 1000 and height < 150 + 650  # One row (stage 1 only), the classes it has.
   splits = load_splits(config.data)
   with pytest.raises(ValueError, match=r"Clips \['nope'\] are not in the test split"):
-    stages.plot_stage(config, str(workdir), splits, clips=['nope'], out=str(tmp_path / 'bad'))
+    plots.plot_run(config, str(workdir), splits, clips=['nope'], out=str(tmp_path / 'bad'))
   # No clip chosen (e.g. none with an event of one modality): the other pictures still come.
-  paths = stages.plot_stage(config, str(workdir), splits, num_clips=0,
+  paths = plots.plot_run(config, str(workdir), splits, num_clips=0,
                             out=str(tmp_path / 'none'))
   assert sorted(os.path.basename(p) for p in paths) == ['curves.png', 'per_class.png']

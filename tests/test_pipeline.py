@@ -1,5 +1,6 @@
 """The three-stage pipeline end to end: the chain of checkpoints, resume after a real kill."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from avvp_jax import pipeline, plots, train, workdir as wd
+from avvp_jax import checkpoints, logs, pipeline, plots, reports, train, workdir as wd
 from avvp_jax.data import load_splits
 from avvp_jax.models import HAN
 from configs import ma
@@ -54,10 +55,11 @@ def test_three_stages_chain_through_the_workdir(tmp_path, capsys):
     assert report['step'] == 3 * 3  # 3 epochs of ceil(48 / 16) steps
     assert report['split'] == 'test' and report['num_clips'] == 16
     assert report['data'] == 'synthetic (seed 0)' and report['model'] == 'last'
-    params, epoch = wd.restore_params(workdir, stage)
+    params, epoch, seeds = checkpoints.restore_params(workdir, stage)
     assert epoch == 3 and params['fc_prob']['kernel'].shape == (1, 32, 25)  # One seed.
+    assert seeds == [0]  # Named by the checkpoint.
     assert report['config_name'] == 'ma:cr' and len(report['results']) == 10
-  refined = wd.load_refined(workdir)
+  refined = checkpoints.load_refined(workdir)
   labels = load_splits(config.data)['train'].labels > 0
   for key in ('drop_a', 'drop_v'):
     assert refined[key].shape == (1, 48, 25) and refined[key].dtype == bool
@@ -71,7 +73,7 @@ def test_three_stages_chain_through_the_workdir(tmp_path, capsys):
       (s, e) for s in ('base', 'final') for e in (1, 2, 3)]
   assert records[0]['lr'] == pytest.approx(3e-4) and records[2]['lr'] == pytest.approx(3e-5)
   assert {'global', 'audio', 'visual', 'contrastive', 'total'} == set(records[0]['train'])
-  assert os.path.exists(wd.tensorboard_file(workdir, 0))
+  assert len(os.listdir(logs.tensorboard_dir(workdir, 0))) == 1  # Rewritten, not added to.
 
   # The pictures, drawn at the end: the first 3 test clips with an event of one modality.
   test = load_splits(config.data)['test']
@@ -84,7 +86,7 @@ def test_three_stages_chain_through_the_workdir(tmp_path, capsys):
   report = wd.stage_paths(workdir, 'final')['report']
   mtime = os.path.getmtime(report)
   again = pipeline.run(config, workdir)
-  assert again == out
+  np.testing.assert_equal(again, out)
   assert os.path.getmtime(report) == mtime and len(_records(workdir)) == 6
 
 
@@ -180,13 +182,14 @@ def _assert_same_run(workdir, straight):
   """The reports, refined labels and metrics log (but for timings) of two workdirs agree
   exactly (on CPU)."""
   for stage in wd.TRAINING_STAGES:
-    reports = [wd.read_report(wd.stage_paths(w, stage)['report']) for w in (workdir, straight)]
-    assert reports[0] == reports[1], stage
-  refined = [wd.load_refined(w) for w in (workdir, straight)]
+    got, want = (reports.read_report(wd.stage_paths(w, stage)['report'])
+                 for w in (workdir, straight))
+    np.testing.assert_equal(got, want, err_msg=stage)
+  refined = [checkpoints.load_refined(w) for w in (workdir, straight)]
   for key in ('drop_a', 'drop_v', 'partners', 'stats'):
     np.testing.assert_equal(refined[0][key], refined[1][key], err_msg=key)
   for stage in wd.TRAINING_STAGES:  # Every seed's best-val model, kept across the kills.
-    best = [wd.restore_params(w, stage, 'best_val') for w in (workdir, straight)]
+    best = [checkpoints.restore_params(w, stage, 'best_val') for w in (workdir, straight)]
     assert best[0][1] == best[1][1], stage
     np.testing.assert_equal(*(jax.tree.map(np.asarray, b[0]) for b in best), err_msg=stage)
   strip = lambda w: [{k: v for k, v in r.items() if k not in ('seconds', 'time')}
@@ -195,33 +198,35 @@ def _assert_same_run(workdir, straight):
 
 
 def test_a_killed_run_of_four_seeds_resumes_to_the_same_result(tmp_path, seed_runs):
-  """Killed in stage 1 of a 4-seed run (maybe between the records of the seeds), then resumed:
-  the result of the uninterrupted 4-seed run, every seed's best-val model too. (One seed runs
-  the same code; its kills in every stage are tested by the random kills below.)"""
+  """Killed in stage 1 of a 4-seed run (maybe between the records of the seeds), resumed,
+  killed again in stage 3 (after stage 1 and the refinement are saved), resumed: the result
+  of the uninterrupted 4-seed run, every seed's best-val model too."""
   four, _ = seed_runs
   killed, flag = str(tmp_path / 'killed'), '--config.num_seeds=4'
   _run_until(killed, os.environ, 'base', 2, flag)
+  _run_until(killed, os.environ, 'final', 2, flag)
+  assert os.path.isdir(wd.refine_dir(killed)), 'the second kill was not after stage 2'
   subprocess.run(_main_command(killed, flag), cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
                  stderr=subprocess.DEVNULL)
   _assert_same_run(killed, four)
 
 
-def kill_at_random(workdir, env, rng, records):
-  """Starts the main command on `workdir` once per entry of `records`, SIGKILLing it a random
-  0-1.5 s after metrics.jsonl holds that many records (so that the kills land at random
+def kill_at_random(workdir, env, kills):
+  """Starts the main command on `workdir` once per (records, seconds) of `kills`, SIGKILLing
+  it `seconds` after metrics.jsonl holds that many records (so that the kills land at random
   moments spread over the stages, checkpoint saves and stage 2 included), then runs it to
   the end. Returns what each kill left: (metrics records, refined labels saved)."""
   hit = []
-  for target in records:
+  for target, delay in kills:
     proc = subprocess.Popen(_main_command(workdir), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
       _wait_for_lock(workdir, proc)
-      path = os.path.join(workdir, wd.METRICS_FILE)
+      path = os.path.join(workdir, logs.METRICS_FILE)
       while target and not (os.path.exists(path) and len(_records(workdir)) >= target):
         assert proc.poll() is None, f'the run ended before {target} records'
         time.sleep(0.02)
-      time.sleep(rng.uniform(0, 1.5))
+      time.sleep(delay)
     finally:
       proc.send_signal(signal.SIGKILL)
       proc.wait()
@@ -233,13 +238,20 @@ def kill_at_random(workdir, env, rng, records):
 
 
 def test_kills_at_random_moments_resume_to_the_same_result(tmp_path, straight_run):
-  """Four kills, each a random moment after a random number of epochs (of 6 in all)."""
+  """Four kills at moments drawn afresh on every run (the seed is in the failure message):
+  one soon after stage 1's first or second epoch record, one after a stage-3 record, two
+  after any record (of 6 in all), each 0-1.5 s after it (0-0.3 s for the first)."""
   straight, env, _, _ = straight_run
   workdir = str(tmp_path / 'killed')
-  rng = np.random.default_rng(0)
-  hit = kill_at_random(workdir, env, rng, sorted(rng.integers(0, 6, 4)))
-  assert any(0 < n <= 3 and not refined for n, refined in hit), hit  # Inside stage 1.
-  assert any(n > 3 for n, _ in hit), hit  # Inside stage 3.
+  seed = int.from_bytes(os.urandom(4), 'little')
+  rng = np.random.default_rng(seed)
+  kills = sorted([(int(rng.integers(1, 3)), rng.uniform(0, 0.3)),
+                  (int(rng.integers(4, 6)), rng.uniform(0, 1.5)),
+                  *((int(rng.integers(1, 6)), rng.uniform(0, 1.5)) for _ in range(2))])
+  hit = kill_at_random(workdir, env, kills)
+  where = f'kills {kills} (seed {seed}) left (records, refined) {hit}'
+  assert any(0 < n <= 3 and not refined for n, refined in hit), where  # Inside stage 1.
+  assert any(n > 3 for n, _ in hit), where  # Inside stage 3.
   _assert_same_run(workdir, straight)
 
 
@@ -258,31 +270,31 @@ def _assert_same_seed(got_dir, got_seed, want_dir, want_seed):
   reports, refined labels and validation numbers; train losses to 1e-5 (relative), since
   vmapped matrix products sum in another order than one model's (float32 noise, 5e-7 here)."""
   for stage in wd.TRAINING_STAGES:
-    got, want = (wd.read_report(wd.stage_paths(w, stage)['report']) for w in (got_dir, want_dir))
+    got, want = (reports.read_report(wd.stage_paths(w, stage)['report'])
+                 for w in (got_dir, want_dir))
     got, want = (r['per_seed'][r['seeds'].index(s)]
                  for r, s in ((got, got_seed), (want, want_seed)))
-    assert got == want, stage
-  (got, got_s), (want, want_s) = ((wd.load_refined(w), wd.load_refined(w)['stats']['seeds'])
-                                  for w in (got_dir, want_dir))
+    np.testing.assert_equal(got, want, err_msg=stage)
+  got, want = (checkpoints.load_refined(w) for w in (got_dir, want_dir))
+  got_s, want_s = got['stats']['seeds'], want['stats']['seeds']
   for key in ('drop_a', 'drop_v', 'partners'):
     np.testing.assert_array_equal(got[key][got_s.index(got_seed)],
                                   want[key][want_s.index(want_seed)])
   assert got['stats']['per_seed'][got_s.index(got_seed)] == want['stats']['per_seed'][
       want_s.index(want_seed)]
-  got, want = ([r for r in wd.read_metrics(w) if r['seed'] == s]
+  got, want = ([r for r in logs.read_metrics(w) if r.seed == s]
                for w, s in ((got_dir, got_seed), (want_dir, want_seed)))
-  assert [(r['stage'], r['epoch'], r['val']) for r in got] == [
-      (r['stage'], r['epoch'], r['val']) for r in want]
+  assert [(r.stage, r.epoch, r.val) for r in got] == [(r.stage, r.epoch, r.val) for r in want]
   for g, w in zip(got, want):
-    for term, value in w['train'].items():
-      assert g['train'][term] == pytest.approx(value, rel=1e-5), (g['stage'], g['epoch'], term)
+    for term, value in w.train.items():
+      assert g.train[term] == pytest.approx(value, rel=1e-5), (g.stage, g.epoch, term)
 
 
 def test_seed_s_of_a_several_seed_run_is_the_one_seed_run_with_seed_s(straight_run, seed_runs):
   four, one = seed_runs
   _assert_same_seed(four, 0, straight_run[0], 0)
   _assert_same_seed(four, 1, one, 1)
-  report = wd.read_report(wd.stage_paths(four, 'final')['report'])
+  report = reports.read_report(wd.stage_paths(four, 'final')['report'])
   assert report['seeds'] == [0, 1, 2, 3]
   values = [p['results']['segment/visual'] for p in report['per_seed']]
   assert len(set(values)) > 1, 'four seeds gave one result: the seeds are not used'
@@ -392,14 +404,61 @@ def test_evaluate_entry_reproduces_the_stage_report_and_scores_the_best_val_mode
   assert not report.exists(), 'evaluation must not mark an unfinished stage as done'
 
   # The best-val model: the epoch of highest val Type@AV, scored like any other.
-  records = wd.read_metrics(str(workdir))
-  best_epoch = max(records, key=lambda r: r['val']['segment/type'])['epoch']
+  records = logs.read_metrics(str(workdir))
+  best_epoch = max(records, key=lambda r: r.val['segment/type']).epoch
   printed = _evaluate(workdir, '--model=best_val')
   assert f'best_val model (epoch {best_epoch})' in printed
   got = json.loads((workdir / 'base' / 'eval_test_best_val.json').read_text())
-  params, epoch = wd.restore_params(str(workdir), 'base', 'best_val')
+  params, epoch, _ = checkpoints.restore_params(str(workdir), 'base', 'best_val')
   split = load_splits(config.data)['test']
   expected = train.evaluate_split(HAN.from_config(config.model), params, split, 256,
                                   seeds=True)[0]['results']
   assert epoch == best_epoch and got['model'] == 'best_val' and got['epoch'] == best_epoch
   assert got['results'] == pytest.approx(expected, abs=1e-9)
+
+
+GOLDEN = ROOT / 'tests' / 'golden' / 'tiny_run.json'
+
+
+def _machine() -> dict:
+  with open('/proc/cpuinfo') as f:
+    cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
+               'unknown')
+  return {'cpu': cpu, 'jax': jax.__version__, 'jaxlib': jax.lib.__version__}
+
+
+def _golden_numbers(workdir) -> dict:
+  """What the tiny one-seed run computed: each epoch record (but for timings), both stages'
+  test numbers and per-class F, and the refinement's drops and statistics."""
+  reports_ = {stage: reports.read_report(wd.stage_paths(workdir, stage)['report'])
+              for stage in wd.TRAINING_STAGES}
+  refined = checkpoints.load_refined(workdir)
+  return {
+      'records': [{k: v for k, v in dataclasses.asdict(r).items() if k not in ('seconds', 'time')}
+                  for r in logs.read_metrics(workdir)],
+      'reports': {stage: {'results': r['results'], 'step': r['step'],
+                          **{key: [None if np.isnan(v) else float(v) for v in r[key]]
+                             for key in reports.PER_CLASS}} for stage, r in reports_.items()},
+      'refine': {'stats': refined['stats'], 'drop_a': np.flatnonzero(refined['drop_a']).tolist(),
+                 'drop_v': np.flatnonzero(refined['drop_v']).tolist()},
+  }
+
+
+def test_the_one_seed_run_computes_the_pinned_numbers(straight_run):
+  """The tiny main command's numbers, compared exactly with tests/golden/tiny_run.json: any
+  change of what the one-seed path computes (a vmap of size 1 instead of the one-model code,
+  another key, another reduction order) shows here. Float results depend on the CPU and the
+  XLA version: on another machine than the one recorded, regenerate the file first
+  (AVVP_REGENERATE_GOLDEN=1 python -m pytest tests/test_pipeline.py -k pinned) and check that
+  the change is the machine's, not the code's."""
+  got = json.loads(json.dumps(_golden_numbers(straight_run[0])))
+  if os.environ.get('AVVP_REGENERATE_GOLDEN'):
+    GOLDEN.write_text(json.dumps({'machine': _machine(), **got}, indent=1) + '\n')
+  want = json.loads(GOLDEN.read_text())
+  machine = want.pop('machine')
+  same = '' if machine == _machine() else (
+      f' NOTE: recorded on {machine}, this is {_machine()}: regenerate the file if only the '
+      'machine differs.')
+  assert got['refine'] == want['refine'], 'the refinement differs.' + same
+  assert got['reports'] == want['reports'], 'the test reports differ.' + same
+  assert got['records'] == want['records'], 'the epoch records differ.' + same

@@ -8,7 +8,8 @@ import pytest
 from matplotlib import image
 from matplotlib.colors import to_rgb
 
-from avvp_jax import plots
+from avvp_jax import logs, plots
+from avvp_jax.data.classes import CLASSES
 
 
 def _pixels(png: bytes) -> tuple[tuple[int, int], np.ndarray]:
@@ -47,18 +48,33 @@ def test_timeline_shows_hits_misses_and_false_alarms(rows):
   truth = {m: np.zeros((25, 10), bool) for m in plots.MODALITIES}
   truth['audio'][0, 2:7] = truth['visual'][4, :3] = True
   right = {m: t.copy() for m, t in truth.items()}
-  size, pixels = _pixels(plots.png(plots.timeline('clip', {f'model {r}': right
-                                                           for r in range(rows)}, truth)))
-  assert size == (1000, 150 + 450 * rows)
-  # Only hits, in 5 + 3 cells per row of panels, each cell some 30 x 14 pixels.
+  fig = plots.timeline('clip', {f'model {r}': right for r in range(rows)}, truth)
+  # Only the two classes that have an event: 1.5 + (1 + 0.22 x 2) inches per row.
+  assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [CLASSES[0], CLASSES[4]]
+  size, pixels = _pixels(plots.png(fig))
+  assert size == (1000, 150 + 144 * rows)
+  # Only hits, in 5 + 3 cells per row of panels, each cell some 30 x 40 pixels.
   assert _count(pixels, HIT) > 8 * rows * 200
   assert _count(pixels, MISSED) < 500 and _count(pixels, FALSE_ALARM) < 500  # The legend.
 
   wrong = {'audio': np.zeros((25, 10), bool), 'visual': truth['visual'] | ~truth['visual']}
-  _, pixels = _pixels(plots.png(plots.timeline('clip', {'wrong': wrong}, truth)))
+  size, pixels = _pixels(plots.png(plots.timeline('clip', {'wrong': wrong}, truth)))
+  assert size == (1000, 150 + 650)  # Every class is predicted visible somewhere.
   assert _count(pixels, MISSED) > 5 * 200  # The audio event, missed.
   assert _count(pixels, FALSE_ALARM) > 200 * 200  # All the rest of visual.
   assert _count(pixels, HIT) > 3 * 200  # The visual event.
+
+
+def test_timeline_shows_the_classes_of_the_truth_or_of_any_prediction():
+  truth = {m: np.zeros((25, 10), bool) for m in plots.MODALITIES}
+  truth['audio'][7, 1] = True
+  pred = {m: np.zeros((25, 10), bool) for m in plots.MODALITIES}
+  pred['visual'][3, 2] = True  # A false alarm of another class, in the other modality.
+  other = {m: np.zeros((25, 10), bool) for m in plots.MODALITIES}
+  other['audio'][20, 0] = True
+  np.testing.assert_array_equal(plots.shown_classes({'a': pred, 'b': other}, truth), [3, 7, 20])
+  empty = {m: np.zeros((25, 10), bool) for m in plots.MODALITIES}
+  np.testing.assert_array_equal(plots.shown_classes({'a': empty}, empty), np.arange(25))
 
 
 def test_refinement_marks_what_was_dropped():
@@ -85,9 +101,10 @@ def test_per_class_draws_a_bar_per_stage_and_class():
 
 
 def test_curves_draw_every_loss_term_and_stage():
-  records = [{'stage': stage, 'epoch': e, 'seed': seed,
-              'train': {'total': k + 3.0 / e, 'audio': k + 1.0 / e}, 'lr': 1e-3,
-              'val': {'segment/type': 50.0 + e + k, 'event/type': 45.0 + e + k}}
+  records = [logs.EpochRecord(
+      stage=stage, epoch=e, seed=seed, step=3 * e, lr=1e-3,
+      train={'total': k + 3.0 / e, 'audio': k + 1.0 / e},
+      val={'segment/type': 50.0 + e + k, 'event/type': 45.0 + e + k}, seconds=1.0, time=0.0)
              for k, stage in enumerate(('base', 'final')) for seed in (0, 1) for e in (1, 2, 3)]
   size, pixels = _pixels(plots.png(plots.curves(records)))
   assert size == (1200, 700)

@@ -1,5 +1,6 @@
 """The stages in a workdir: targets handed from stage to stage, model selection, NaN, kills."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from avvp_jax import pipeline, refine, stages, train, workdir as wd
+from avvp_jax import checkpoints, pipeline, refine, seeds, stages, train, workdir as wd
 from avvp_jax.data import Split, load_splits
 from avvp_jax.models import HAN
 from configs import ma
@@ -54,7 +55,7 @@ def test_final_stage_trains_on_the_drop_masks(tmp_path, monkeypatch, clears_glob
   rng = np.random.default_rng(0)
   drop_a, drop_v = ((y > 0) & (rng.random(y.shape) < 0.5) for _ in range(2))
   assert drop_a.sum() and drop_v.sum() and (drop_a != drop_v).any()
-  wd.save_refined(str(tmp_path), {'drop_a': drop_a[None], 'drop_v': drop_v[None],
+  checkpoints.save_refined(str(tmp_path), {'drop_a': drop_a[None], 'drop_v': drop_v[None],
                                   'partners': np.zeros((1, len(y), 1), np.int64)}, {'labels': 0})
   seen = _spy_training_targets(monkeypatch)
   pipeline.run(config, str(tmp_path))  # Stage 2 finds the masks saved: not redone.
@@ -91,7 +92,7 @@ def test_each_seeds_best_val_epoch_is_saved_and_feeds_the_refinement(tmp_path, m
     fed.append(params)
     return refine_targets(model, params, *args, **kwargs)
 
-  save = wd.StageCheckpoints.save
+  save = checkpoints.StageCheckpoints.save
 
   def keep(self, epoch, state, meta):
     saved[epoch] = jax.tree.map(np.asarray, state.params)
@@ -99,11 +100,11 @@ def test_each_seeds_best_val_epoch_is_saved_and_feeds_the_refinement(tmp_path, m
 
   monkeypatch.setattr(train, 'evaluate_split', scripted_val)
   monkeypatch.setattr(refine, 'refine_targets', spy)
-  monkeypatch.setattr(wd.StageCheckpoints, 'save', keep)
+  monkeypatch.setattr(checkpoints.StageCheckpoints, 'save', keep)
   workdir = str(tmp_path)
   stages.train_stage(config, workdir, 'base', splits)
-  assert wd.checkpoint_epoch(workdir, 'base', 'best_val') == 3
-  best, _ = wd.restore_params(workdir, 'base', 'best_val')
+  assert checkpoints.checkpoint_epoch(workdir, 'base', 'best_val') == 3
+  best = checkpoints.restore_params(workdir, 'base', 'best_val').params
   stages.refine_stage(config, workdir, splits)
   leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
   for got, want, seed0, seed1 in zip(leaves(fed[0]), leaves(best), leaves(saved[2]),
@@ -122,8 +123,9 @@ def test_nan_loss_stops_with_stage_epoch_and_step_and_closes_the_checkpoints(tmp
   bad[:] = np.nan
   splits['train'] = Split(**{**splits['train'].__dict__, 'audio': bad})
   closed = []
-  close = wd.StageCheckpoints.close
-  monkeypatch.setattr(wd.StageCheckpoints, 'close', lambda self: closed.append(close(self)))
+  close = checkpoints.StageCheckpoints.close
+  monkeypatch.setattr(checkpoints.StageCheckpoints, 'close',
+                      lambda self: closed.append(close(self)))
   with pytest.raises(FloatingPointError, match=r"Stage 'base', seed 0, epoch 1, step 0 .*Last good "
                                                r"checkpoint: none"):
     stages.train_stage(config, str(tmp_path), 'base', splits)
@@ -185,25 +187,39 @@ def test_a_kill_during_stage_2_or_a_save_resumes_to_the_same_result(tmp_path, wh
   if when != 'checkpoint':
     assert os.path.exists(wd.stage_paths(killed, 'base')['report'])
   if when == 'compute':  # ('save': the cut save may or may not have committed; both resume.)
-    assert wd.load_refined(killed) is None
+    assert checkpoints.load_refined(killed) is None
   pipeline.run(config, killed)
   assert _reports(killed) == _reports(straight)
   for key in ('drop_a', 'drop_v', 'partners'):
-    np.testing.assert_array_equal(wd.load_refined(killed)[key], wd.load_refined(straight)[key])
+    np.testing.assert_array_equal(checkpoints.load_refined(killed)[key],
+                                  checkpoints.load_refined(straight)[key])
 
 
-def test_one_seed_takes_a_seed_out_of_stacked_parameters_or_says_why_not():
-  config = _tiny_config(seed=5)
-  model = HAN.from_config(config.model)
-  stacked = jax.tree.map(lambda *x: jnp.stack(x), *(
-      train.init_params(model, jax.random.key(k)) for k in (0, 1)))
-  _, params, seed = stages.one_seed(config, stacked, 6, 'ckpt')
-  assert seed == 6
-  np.testing.assert_array_equal(params['fc_prob']['kernel'], stacked['fc_prob']['kernel'][1])
-  assert stages.one_seed(config, stacked, None, 'ckpt')[2] == 5
-  with pytest.raises(ValueError, match=r'ckpt holds the models of seeds \[5, 6\], not of seed 0'):
-    stages.one_seed(config, stacked, 0, 'ckpt')
-  with pytest.raises(ValueError, match=r"ckpt are not those of the model of config.model \("
-                                       r"first difference at \['fc_a'\]\['bias'\]: \(32,\) in "
-                                       r"the checkpoint, \(16,\) in the model"):
-    stages.one_seed(_tiny_config(**{'model.d_model': 16}), stacked, None, 'ckpt')
+def test_processes_that_loaded_different_data_are_refused(monkeypatch):
+  """Two processes (simulated: the digests gathered as jax.distributed would) with the same
+  config, whose data differs in one feature value of one test clip: refused, naming process
+  1; the same data passes."""
+  config = _tiny_config()
+  splits = load_splits(config.data)
+  audio = splits['test'].audio.copy()
+  audio[0, 0, 0] += 1.0
+  other = {**splits, 'test': dataclasses.replace(splits['test'], audio=audio)}
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+
+  def digests_of(process_splits):  # What that process hands to each gather (config, data).
+    handed = []
+    monkeypatch.setattr(stages.multihost_utils, 'process_allgather',
+                        lambda x: handed.append(np.asarray(x)) or np.stack([x, x]))
+    stages.check_processes(config, process_splits)
+    return handed
+
+  for process_1, refused in ((other, True), (splits, False)):
+    theirs = digests_of(process_1)
+    monkeypatch.setattr(stages.multihost_utils, 'process_allgather',
+                        lambda x: np.stack([np.asarray(x), theirs.pop(0)]))
+    if refused:
+      with pytest.raises(ValueError, match=r'The 2 processes of this run differ in their data: '
+                                           r'processes \[1\] against process 0'):
+        stages.check_processes(config, splits)
+    else:
+      stages.check_processes(config, splits)

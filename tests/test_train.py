@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from avvp_jax import train
+from avvp_jax import placement, train
 from avvp_jax.data import synthetic
 from configs import ma
 
@@ -67,7 +67,7 @@ def _clip_f1(prob, labels):
 def _training(config, split):
   """(model, schedule, tx, train_steps, data): a stage's training setup on `split`."""
   model = train.HAN.from_config(config.model)
-  mesh = train.make_mesh()
+  mesh = placement.make_mesh()
   schedule, tx, train_steps = train.make_training(
       model, ml_collections.FrozenConfigDict(config.train),
       ml_collections.FrozenConfigDict(config.loss), len(split), mesh)
@@ -203,7 +203,7 @@ def test_seeds_in_one_program_train_as_separate_runs():
   config = _small_config()
   split = synthetic.generate_split(48, 0, 'train')
   model = train.HAN.from_config(config.model)
-  mesh = train.make_mesh()
+  mesh = placement.make_mesh()
   frozen = (ml_collections.FrozenConfigDict(config.train),
             ml_collections.FrozenConfigDict(config.loss))
   targets = train.targets_from_labels(split.labels, config.loss)
@@ -235,13 +235,13 @@ def test_seeds_in_one_program_train_as_separate_runs():
 
 
 def test_seeds_are_placed_evenly_on_the_devices_or_refused():
-  assert [train.seed_devices(s, 4) for s in (1, 2, 4, 8, 12)] == [1, 2, 4, 4, 4]
-  assert [train.seed_devices(s, 1) for s in (1, 3, 5)] == [1, 1, 1]
+  assert [placement.seed_devices(s, 4) for s in (1, 2, 4, 8, 12)] == [1, 2, 4, 4, 4]
+  assert [placement.seed_devices(s, 1) for s in (1, 3, 5)] == [1, 1, 1]
   with pytest.raises(ValueError, match=r'num_seeds = 3 cannot be placed on 4 devices.*'
                                        r'\[1, 2, 4, 8, 16\]'):
-    train.seed_devices(3, 4)
+    placement.seed_devices(3, 4)
   with pytest.raises(ValueError, match='num_seeds must be at least 1, not 0'):
-    train.seed_devices(0, 4)
+    placement.seed_devices(0, 4)
 
 
 def test_over_seeds_of_one_model_is_the_function_itself():
@@ -250,7 +250,7 @@ def test_over_seeds_of_one_model_is_the_function_itself():
   calls = []
 
   def fn(w, data, x):
-    calls.append(w.ndim)
+    calls.append((w.ndim, isinstance(w, jax.core.Tracer)))
     return {'y': w * data['scale'] + data['shift'] + x}
 
   data = {'scale': jnp.array([[2.0, 3.0]]), 'shift': jnp.array(1.0)}
@@ -260,4 +260,5 @@ def test_over_seeds_of_one_model_is_the_function_itself():
   data2 = {'scale': jnp.array([[2.0, 3.0], [4.0, 5.0]]), 'shift': jnp.array(1.0)}
   out = stacked(jnp.array([[1.0, 2.0], [1.0, 1.0]]), data2, jnp.array(10.0))
   np.testing.assert_array_equal(out['y'], [[13.0, 17.0], [15.0, 16.0]])
-  assert calls == [1, 1]  # Unstacked (1-D) both times: once directly, once traced by vmap.
+  # Unstacked (1-D) both times: once called directly on arrays, once traced by vmap.
+  assert calls == [(1, False), (1, True)]

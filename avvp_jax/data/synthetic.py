@@ -152,6 +152,8 @@ def sample_annotations(rng: np.random.Generator, num_clips: int, asynchrony: flo
 def generate_split(num_clips: int, seed: int, split: str, *, noise: float = 1.0,
                    asynchrony: float = 1.0) -> Split:
   """Generates one split; the same arguments give the same arrays."""
+  if num_clips > 10**6:  # The ids hold 6 digits.
+    raise ValueError(f'At most 1,000,000 synthetic clips per split, not {num_clips}.')
   rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
   labels, gt_a, gt_v = sample_annotations(rng, num_clips, asynchrony)
   protos = _prototypes()
@@ -166,7 +168,8 @@ def generate_split(num_clips: int, seed: int, split: str, *, noise: float = 1.0,
     x += noise * rng.standard_normal(x.shape, np.float32)
     features[key] = x if key == 'audio' else np.maximum(x, 0.0)
 
-  names = np.array([f'syn{split}{i:05d}_0_10' for i in range(num_clips)])
+  # LLP's filenames: an 11-character video id, then the clip's start and end seconds.
+  names = np.array([f'syn{split[:2]}{i:06d}_0_10' for i in range(num_clips)])
   return Split(names=names, audio=features['audio'], video_2d=features['video_2d'],
                video_3d=features['video_3d'], labels=labels.astype(np.float32),
                gt_a=gt_a, gt_v=gt_v)

@@ -1,7 +1,7 @@
 """The paper's ablations (Tables 2, 3, 4), the K-partner study and the ensemble refinement,
 over seeds.
 
-  python benchmarks/ablation.py [--num_seeds=3] [--seed=0] [--tables=2,3,4,k,e]
+  python studies/ablation.py [--num_seeds=3] [--seed=0] [--tables=2,3,4,k,e]
                                 [--workdir=workdirs/ablation]
 
 Every run is `configs/ma.py` (the main command's regime: built-in data, builtin schedule) with
@@ -9,7 +9,7 @@ the overrides of RUNS, and trains its `num_seeds` seeds (seed, seed + 1, ...) in
 (`config.num_seeds`). Runs that differ only in stage 2 (`refine.*`) share one stage 1: it is
 trained once and copied. Every run resumes where it stopped. Writes each table (the mean ± sd
 over seeds of the ten numbers and of the refinement's statistics, and how long its runs
-trained) into benchmarks/RESULTS.md between that table's markers, leaving the other tables.
+trained) into studies/ablations.md between that table's markers, leaving the other tables.
 """
 
 import os
@@ -21,7 +21,9 @@ from absl import app, flags, logging
 
 # The configs live beside the library, not in it: make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from avvp_jax import metrics, pipeline, workdir as wd  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+from avvp_jax import checkpoints, logs, metrics, pipeline, reports
+from avvp_jax import workdir as wd  # pylint: disable=g-import-not-at-top
 from benchmarks import markdown  # pylint: disable=g-import-not-at-top
 from configs import ma  # pylint: disable=g-import-not-at-top
 
@@ -90,7 +92,7 @@ def run_pipeline(run: str, config, workdir: str, shared_base: str | None) -> flo
 def training_minutes(workdir: str) -> float:
   """The epochs this workdir trained itself (a copied stage 1 is not counted), in minutes; an
   epoch trains all seeds at once and logs one record per seed with its time."""
-  epochs = {(r['stage'], r['epoch']): r['seconds'] for r in wd.read_metrics(workdir)}
+  epochs = {(r.stage, r.epoch): r.seconds for r in logs.read_metrics(workdir)}
   return sum(epochs.values()) / 60
 
 
@@ -102,7 +104,7 @@ def runs_of(tables: list[str]) -> list[str]:
 
 
 def _per_seed(workdir: str, stage: str) -> list[dict]:
-  report = wd.read_report(wd.stage_paths(workdir, stage)['report'])
+  report = reports.read_report(wd.stage_paths(workdir, stage)['report'])
   return [p['results'] for p in report['per_seed']]
 
 
@@ -136,7 +138,7 @@ def table_section(table: str, workdirs: dict[str, str], seeds: list[int]) -> str
               'frozen stage-1 model errs on its training clips):', '',
               *markdown.header(('Run',) + STAT_KEYS)]
     for run in refined:
-      stats = wd.load_refined(workdirs[run])['stats']['per_seed']
+      stats = checkpoints.load_refined(workdirs[run])['stats']['per_seed']
       lines.append(markdown.row([run] + [metrics.format_mean_sd([s[k] for s in stats])
                                          for k in STAT_KEYS]))
   return '\n'.join(lines)
@@ -169,6 +171,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('num_seeds', 3, 'Seeds per run, trained in one program.')
   flags.DEFINE_list('tables', ['2', '3', '4', 'k', 'e'], 'Which tables to run.')
   flags.DEFINE_string('workdir', 'workdirs/ablation', 'Where the runs go.')
-  flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
+  flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'ablations.md'),
                       'The Markdown file whose sections of these tables are rewritten.')
   app.run(main)

@@ -1,11 +1,11 @@
 """Regime map: where the refinement of MA works on the built-in data, and where it stops.
 
-  python benchmarks/regime.py [--seeds=0] [--sizes=500,1000,2000] [--workdir=workdirs/regime]
+  python studies/regime.py [--seeds=0] [--sizes=500,1000,2000] [--workdir=workdirs/regime]
 
 MA (`configs/ma.py:cr`) for every training-split size x stage-1 schedule x `base_selection`
 (stage 3 uses the same schedule, as in the method). The `best_val` cell reuses the stage 1 of
-its `last` cell. Writes a table into benchmarks/RESULTS.md between the regime markers and the
-figure benchmarks/regime.png.
+its `last` cell. Writes a table into studies/regime.md between the regime markers and the
+figure studies/regime.png.
 """
 
 import json
@@ -17,7 +17,8 @@ import numpy as np
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from avvp_jax import metrics, pipeline, workdir as wd  # pylint: disable=g-import-not-at-top
+from avvp_jax import checkpoints, metrics, pipeline  # pylint: disable=g-import-not-at-top
+from avvp_jax import workdir as wd  # pylint: disable=g-import-not-at-top
 from benchmarks import markdown  # pylint: disable=g-import-not-at-top
 from configs import ma  # pylint: disable=g-import-not-at-top
 
@@ -58,13 +59,13 @@ def run_cell(size: int, epochs: int, step: int, selection: str, seed: int, root:
 
 def cell_numbers(workdir: str) -> dict:
   """Refinement statistics, stage-1 and stage-3 test numbers, and the random-drop precision."""
-  stats = wd.load_refined(workdir)['stats']
+  stats = checkpoints.load_refined(workdir)['stats']
   reports = {}
   for stage in ('base', 'final'):
     with open(wd.stage_paths(workdir, stage)['report']) as f:
       reports[stage] = json.load(f)['results']
   out = {k: stats[k] for k in STATS}
-  out['base best_val epoch'] = wd.checkpoint_epoch(workdir, 'base', 'best_val')
+  out['base best_val epoch'] = checkpoints.checkpoint_epoch(workdir, 'base', 'best_val')
   out['visual/random_precision'] = 100 * stats['visual/absent'] / stats['labels']
   for key in ('segment/visual', 'segment/type'):
     out[f'base {key}'] = reports['base'][key]
@@ -156,7 +157,7 @@ def main(argv):
           'with the schedule of its row; mean ± sd over seeds. Precision and recall of the '
           'drops in %, against the train split\'s dense truth; random precision: the share of '
           'weak labels that are truly invisible (what random visual drops would score); gains '
-          'in points of test F. Figure: `benchmarks/regime.png`.\n\n' + table(numbers))
+          'in points of test F. Figure: `studies/regime.png`.\n\n' + table(numbers))
   if missing:
     body += '\n\nNot run (no finished stage 3): ' + '; '.join(missing) + '.'
   print(body)
@@ -169,7 +170,7 @@ if __name__ == '__main__':
   flags.DEFINE_list('seeds', ['0'], 'Model seeds (the data set is fixed per size).')
   flags.DEFINE_list('sizes', ['500', '1000', '2000'], 'Training clips.')
   flags.DEFINE_string('workdir', 'workdirs/regime', 'Where the runs go.')
-  flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
+  flags.DEFINE_string('results', os.path.join(os.path.dirname(__file__), 'regime.md'),
                       'The Markdown file whose regime section is rewritten.')
   flags.DEFINE_bool('train', True, 'Train the cells that are not finished; with --notrain, '
                     'only tabulate the finished ones and list the others as not run.')
