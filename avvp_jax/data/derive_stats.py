@@ -22,9 +22,6 @@ import numpy as np
 from avvp_jax.data import annotations
 from avvp_jax.data.classes import NUM_CLASSES, NUM_SEGMENTS
 
-MODALITY_TYPES = ('audio_only', 'visual_only', 'both', 'neither')
-
-
 def _num_runs(row: np.ndarray) -> np.ndarray:
   """Number of maximal runs of True along the last axis. row: bool (..., T)."""
   starts = row & ~np.concatenate([np.zeros_like(row[..., :1]), row[..., :-1]], axis=-1)
