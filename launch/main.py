@@ -11,6 +11,7 @@ launch/slurm.sbatch.
 
 import os
 import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
@@ -28,6 +29,9 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'HOST:PORT of process 0 (implies --distributed).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in all.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout', 100, 'Seconds of silence after which jax.distributed declares a '
+    'process dead and stops the others (JAX\'s default).')
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Where checkpoints and metrics go; default ./workdirs/<config name>.')
 
@@ -38,7 +42,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO, JAX its backends.
   slurm_tasks = int(os.environ.get('SLURM_NTASKS', '1'))
   if _DISTRIBUTED.value or _COORDINATOR.value or slurm_tasks > 1:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
   if jax.process_index():  # One log: process 0's; errors still reach stderr.
     sys.stdout = open(os.devnull, 'w')
   config = _CONFIG.value
@@ -52,6 +57,14 @@ def main(argv):
     pipeline.run(config, workdir)
   except wd.WorkdirBusy as e:
     raise SystemExit(str(e)) from None
+  except Exception:  # pylint: disable=broad-except
+    if jax.process_count() == 1:
+      raise
+    # Its peers are dead or will fail too: jax.distributed's shutdown barrier at exit would
+    # only wait out --heartbeat_timeout and then abort the process.
+    traceback.print_exc()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 if __name__ == '__main__':

@@ -211,14 +211,14 @@ def test_a_killed_run_of_four_seeds_resumes_to_the_same_result(tmp_path, seed_ru
   _assert_same_run(killed, four)
 
 
-def kill_at_random(workdir, env, kills):
+def kill_at_random(workdir, env, kills, *extra):
   """Starts the main command on `workdir` once per (records, seconds) of `kills`, SIGKILLing
   it `seconds` after metrics.jsonl holds that many records (so that the kills land at random
   moments spread over the stages, checkpoint saves and stage 2 included), then runs it to
   the end. Returns what each kill left: (metrics records, refined labels saved)."""
   hit = []
   for target, delay in kills:
-    proc = subprocess.Popen(_main_command(workdir), cwd=ROOT, env=env,
+    proc = subprocess.Popen(_main_command(workdir, *extra), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
       _wait_for_lock(workdir, proc)
@@ -232,7 +232,7 @@ def kill_at_random(workdir, env, kills):
       proc.wait()
     records_left = _records(workdir) if os.path.exists(path) else []
     hit.append((len(records_left), os.path.isdir(wd.refine_dir(workdir))))
-  subprocess.run(_main_command(workdir), cwd=ROOT, env=env, check=True,
+  subprocess.run(_main_command(workdir, *extra), cwd=ROOT, env=env, check=True,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   return hit
 
@@ -253,6 +253,26 @@ def test_kills_at_random_moments_resume_to_the_same_result(tmp_path, straight_ru
   assert any(0 < n <= 3 and not refined for n, refined in hit), where  # Inside stage 1.
   assert any(n > 3 for n, _ in hit), where  # Inside stage 3.
   _assert_same_run(workdir, straight)
+
+
+def test_a_killed_ensemble_run_resumes_to_the_same_result(tmp_path, straight_run):
+  """Ensemble refinement (2 seeds, every model's swapped probabilities averaged): killed once
+  at a random moment 0-2 s after stage 1's last record (in stage 1's last save, the
+  refinement or stage 3's start), once 0-1 s after a stage-3 record, then resumed: the
+  uninterrupted ensemble run's result."""
+  env, extra = straight_run[1], ('--config.num_seeds=2', '--config.refine.ensemble=True')
+  straight = str(tmp_path / 'straight')
+  subprocess.run(_main_command(straight, *extra), cwd=ROOT, env=env, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  seed = int.from_bytes(os.urandom(4), 'little')
+  rng = np.random.default_rng(seed)
+  kills = [(6, rng.uniform(0, 2)), (int(rng.integers(7, 12)), rng.uniform(0, 1))]
+  hit = kill_at_random(str(tmp_path / 'killed'), env, kills, *extra)
+  assert hit[1][0] > 6, f'kills {kills} (seed {seed}) left (records, refined) {hit}'
+  _assert_same_run(str(tmp_path / 'killed'), straight)
+  per_seed = checkpoints.load_refined(straight)['stats']['per_seed']
+  errors = [p['visual/train_error'] for p in per_seed]
+  assert errors[0] == errors[1], 'both seeds rate the mean model: the ensemble was not used'
 
 
 @pytest.fixture(scope='module')
@@ -349,23 +369,37 @@ def test_four_devices_shard_the_seeds_and_give_the_one_device_numbers(four_devic
     _assert_same_seed(str(tmp / 'seeds2'), seed, four, seed)
 
 
-def _two_processes(workdir, *extra_of_process_1):
-  """main.py as 2 processes of 2 simulated CPU devices each on 127.0.0.1, 2 seeds; returns
-  both CompletedProcess-like (returncode, stdout, stderr)."""
+def _start_two_processes(workdir, *extra_of_process_1):
+  """main.py as 2 processes of 2 simulated CPU devices each on 127.0.0.1, 2 seeds, a
+  process silent for 20 s declared dead."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
-  procs = [subprocess.Popen(
-      _main_command(workdir) + ['--config.num_seeds=2', f'--coordinator_address=127.0.0.1:{port}',
-                                '--num_processes=2', f'--process_id={i}']
+  flags = ['--config.num_seeds=2', f'--coordinator_address=127.0.0.1:{port}',
+           '--num_processes=2', '--heartbeat_timeout=20']
+  return [subprocess.Popen(
+      _main_command(workdir) + flags + [f'--process_id={i}']
       + (list(extra_of_process_1) if i else []), cwd=ROOT, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+
+
+def _two_processes(workdir, *extra_of_process_1):
+  """Runs `_start_two_processes` to the end: both (returncode, stdout, stderr)."""
+  procs = _start_two_processes(workdir, *extra_of_process_1)
   outputs = [p.communicate(timeout=300) for p in procs]
   return [(p.returncode, *out) for p, out in zip(procs, outputs)]
 
 
+@pytest.fixture(scope='module')
+def two_process_run(tmp_path_factory):
+  """The main command as 2 processes, uninterrupted: (workdir, both outputs)."""
+  workdir = tmp_path_factory.mktemp('two_processes') / 'run'
+  return str(workdir), _two_processes(workdir)
+
+
 def test_two_processes_give_the_numbers_of_one_process_with_four_devices(tmp_path,
+                                                                         two_process_run,
                                                                          four_device_runs):
   """jax.distributed on 127.0.0.1: 2 processes x 2 devices compute what 1 process x 4 devices
   does; only process 0 prints; processes given different configs are refused."""
@@ -374,12 +408,49 @@ def test_two_processes_give_the_numbers_of_one_process_with_four_devices(tmp_pat
     assert returncode == 1
     assert 'The 2 processes of this run differ in their config: processes [1]' in stderr
   assert not os.path.exists(tmp_path / 'bad' / 'base'), 'refused before training'
-  (rc0, out0, _), (rc1, out1, _) = _two_processes(tmp_path / 'run')
+  workdir, ((rc0, out0, _), (rc1, out1, _)) = two_process_run
   assert rc0 == rc1 == 0
   assert 'seeds [0, 1] on 4 devices, mesh seed 2 x data 2' in out0 and '[final]' in out0
   assert 'workdir:' not in out1 and '[base]' not in out1  # (Gloo's own lines may be there.)
   for seed in range(2):
-    _assert_same_seed(str(tmp_path / 'run'), seed, str(four_device_runs[0] / 'seeds2'), seed)
+    _assert_same_seed(workdir, seed, str(four_device_runs[0] / 'seeds2'), seed)
+
+
+def test_two_processes_resume_after_one_of_them_is_killed(tmp_path, two_process_run):
+  """Process 1 is SIGKILLed 0-1 s after epoch 2's records of stage 1 or of stage 3 (drawn),
+  so that the stage has saved epoch 1 and training collectives remain; process 0 ends by itself within 60 s, failing in a
+  collective on the dead peer (exit 1) or stopped by jax.distributed once the peer's
+  heartbeat is 20 s late (SIGABRT); then both are started again and finish what the
+  uninterrupted two-process run computed."""
+  workdir = str(tmp_path / 'killed')
+  seed = int.from_bytes(os.urandom(4), 'little')
+  rng = np.random.default_rng(seed)
+  target, delay = int(rng.choice([4, 10])), rng.uniform(0, 1)
+  where = f'kill of process 1 after record {target} + {delay:.2f} s (seed {seed})'
+  procs = _start_two_processes(workdir)
+  try:
+    path = os.path.join(workdir, logs.METRICS_FILE)
+    while not (os.path.exists(path) and len(_records(workdir)) >= target):
+      assert procs[1].poll() is None, f'the run ended before {target} records; {where}'
+      time.sleep(0.02)
+    time.sleep(delay)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].communicate()
+    try:
+      _, err = procs[0].communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f'process 0 still runs 60 s after its peer was killed; {where}')
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  assert procs[0].returncode in (1, -signal.SIGABRT), (
+      f'{where}: exit {procs[0].returncode}\n{err[-2000:]}')
+  (rc0, out0, err0), (rc1, _, err1) = _two_processes(workdir)
+  assert rc0 == rc1 == 0, f'{where}\n{err0[-2000:]}\n{err1[-2000:]}'
+  assert '] resuming after epoch ' in out0, where
+  _assert_same_run(workdir, two_process_run[0])
 
 
 def _evaluate(workdir, *flags):
