@@ -1,4 +1,5 @@
-"""Losses of HAN and MA (METHOD.md sections 3 and 4): MIL BCE and contrastive.
+"""Losses of HAN and MA (METHOD.md sections 3 and 4): MIL BCE and contrastive; and of the
+methods after MA: VALOR's segment-level pseudo-label loss.
 
 Pure functions on arrays. Inputs are promoted to at least float32, so the
 losses stay float32 when the model computes in bfloat16 (and float64 stays
@@ -33,6 +34,34 @@ def bce(prob, target, clip: float = 1e-7):
   return -jnp.mean(target * jnp.log(p) + (1.0 - target) * jnp.log1p(-p))
 
 
+def bce_with_logits(logits, target):
+  """Binary cross-entropy of sigmoid(logits) against targets, averaged over all elements,
+  computed from the logits (PyTorch's `binary_cross_entropy_with_logits`)."""
+  x = _at_least_f32(logits)
+  z = _at_least_f32(target)
+  return jnp.mean(jnp.maximum(x, 0.0) - x * z + jnp.log1p(jnp.exp(-jnp.abs(x))))
+
+
+def pseudo_label_loss(out: dict, targets: dict, clip: float = 1e-7):
+  """VALOR's loss: BCE(global_prob, y) plus the segment-level BCE of each modality's frame
+  logits against its pseudo labels.
+
+  Args:
+    out: model outputs with global_prob (B, 25) and frame_logits (B, T, 2, 25).
+    targets: y_global (B, 25); pl_a, pl_v (B, T, 25) segment pseudo labels in [0, 1].
+    clip: see `bce`.
+
+  Returns:
+    (total, {'global': .., 'audio': .., 'visual': ..}), scalars.
+  """
+  parts = {
+      'global': bce(out['global_prob'], targets['y_global'], clip),
+      'audio': bce_with_logits(out['frame_logits'][..., 0, :], targets['pl_a']),
+      'visual': bce_with_logits(out['frame_logits'][..., 1, :], targets['pl_v']),
+  }
+  return parts['global'] + parts['audio'] + parts['visual'], parts
+
+
 def mil_loss(out: dict, y, y_a, y_v, clip: float = 1e-7):
   """BCE(global_prob, y) + BCE(a_prob, y_a) + BCE(v_prob, y_v).
 
@@ -53,19 +82,28 @@ def mil_loss(out: dict, y, y_a, y_v, clip: float = 1e-7):
 
 
 def total_loss(out: dict, targets: dict, loss_config):
-  """The training loss of every stage: MIL, plus w * contrastive when it is enabled.
+  """The training loss of every stage: MIL (`loss_config.kind` 'mil') or VALOR's pseudo-label
+  loss ('pseudo_labels'), plus w * contrastive when it is enabled.
 
   Args:
-    out: model outputs: global_prob, a_prob, v_prob (B, 25); h_a, v (B, T, d).
-    targets: y_global, y_a, y_v (B, 25), e.g. from `mil_targets`.
-    loss_config: config.loss (clip, contrastive, contrastive_weight, tau,
+    out: model outputs: global_prob, a_prob, v_prob (B, 25); frame_logits (B, T, 2, 25);
+      h_a, v (B, T, d).
+    targets: y_global, y_a, y_v (B, 25), e.g. from `mil_targets`; for 'pseudo_labels',
+      y_global and pl_a, pl_v (B, T, 25).
+    loss_config: config.loss (kind, clip, contrastive, contrastive_weight, tau,
       contrastive_label_smoothing).
 
   Returns:
     (total, terms): terms holds global, audio, visual, [contrastive,] total; scalars.
   """
-  total, terms = mil_loss(out, targets['y_global'], targets['y_a'], targets['y_v'],
-                          loss_config.clip)
+  kind = loss_config.get('kind', 'mil')
+  if kind == 'mil':
+    total, terms = mil_loss(out, targets['y_global'], targets['y_a'], targets['y_v'],
+                            loss_config.clip)
+  elif kind == 'pseudo_labels':
+    total, terms = pseudo_label_loss(out, targets, loss_config.clip)
+  else:
+    raise ValueError(f"config.loss.kind is 'mil' or 'pseudo_labels', not {kind!r}.")
   if loss_config.contrastive:
     terms['contrastive'] = contrastive_loss(
         out['h_a'], out['v'], loss_config.tau, loss_config.contrastive_label_smoothing)

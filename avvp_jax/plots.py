@@ -294,7 +294,8 @@ def _timelines(config, workdir: str, data: Split, split: str, clips, num_clips: 
     checkpoint = checkpoints.restore_params(workdir, stage, model)
     net, params, shown = seeds.one_seed(config, checkpoint, seed,
                                         wd.checkpoint_dir(workdir, stage, model))
-    pred, _ = train.segment_outputs(net, params, chosen, config.train.eval_batch_size)
+    pred, _ = train.segment_outputs(net, params, chosen, config.train.eval_batch_size,
+                                    train.eval_protocol(config).clip_filter)
     # best/ holds each seed's own best; its epoch is the last at which any seed improved.
     which = f'epoch {checkpoint.epoch}' if model == 'last' else 'best val'
     preds[f'{STAGE_TITLES[stage]}, {which}, seed {shown}'] = pred

@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from avvp_jax import checkpoints, logs, metrics, placement, refine, reports, train
 from avvp_jax import workdir as wd
-from avvp_jax.data import Split, describe
+from avvp_jax.data import Split, describe, pseudo_labels
 from avvp_jax.models import HAN
 from avvp_jax.seeds import seed_list
 
@@ -49,23 +49,35 @@ def check_processes(config, splits: dict[str, Split]) -> None:
           'process with the same flags and the same data.')
 
 
-def stage_targets(config, workdir: str, stage: str, labels: np.ndarray,
+def stage_targets(config, workdir: str, stage: str, split: Split,
                   num_seeds: int) -> dict[str, np.ndarray]:
-  """The training targets (S, N, 25) of a stage, one set per seed: the weak labels (base), or
-  each seed's refined ones (final) from stage 2's drop masks in the workdir."""
+  """The training targets of a stage, one set per seed, (S, N, 25) each: the weak labels
+  (base), or each seed's refined ones (final) from stage 2's drop masks in the workdir. With
+  VALOR's loss (`config.loss.kind` 'pseudo_labels'), also the segment pseudo labels pl_a,
+  pl_v (S, N, 10, 25), those of a dropped (clip, class, modality) set to 0."""
+  labels = split.labels
+  kind = config.loss.get('kind', 'mil')
+  pseudo = pseudo_labels.for_split(config.data, split) if kind == 'pseudo_labels' else None
   if stage == 'base':
-    targets = train.targets_from_labels(labels, config.loss)
-    return {k: np.stack([v] * num_seeds) for k, v in targets.items()}
-  refined = checkpoints.load_refined(workdir)
-  if refined is None:
-    raise FileNotFoundError(f'{wd.refine_dir(workdir)} holds no refined labels: run stage 2 '
-                            'before the final stage.')
-  if len(refined['drop_a']) != num_seeds:
-    raise ValueError(f'{wd.refine_dir(workdir)} holds the refined labels of '
-                     f'{len(refined["drop_a"])} seeds, not {num_seeds}.')
-  per_seed = [train.targets_from_labels(labels, config.loss, a, v,
+    drops = [(None, None)] * num_seeds
+  else:
+    refined = checkpoints.load_refined(workdir)
+    if refined is None:
+      raise FileNotFoundError(f'{wd.refine_dir(workdir)} holds no refined labels: run stage '
+                              '2 before the final stage.')
+    if len(refined['drop_a']) != num_seeds:
+      raise ValueError(f'{wd.refine_dir(workdir)} holds the refined labels of '
+                       f'{len(refined["drop_a"])} seeds, not {num_seeds}.')
+    drops = list(zip(refined['drop_a'], refined['drop_v']))
+  per_seed = []
+  for drop_a, drop_v in drops:
+    targets = train.targets_from_labels(labels, config.loss, drop_a, drop_v,
                                         config.refine.audio_drop_clears_global)
-              for a, v in zip(refined['drop_a'], refined['drop_v'])]
+    if pseudo is not None:
+      for key, m, drop in (('pl_a', 'audio', drop_a), ('pl_v', 'visual', drop_v)):
+        keep = 1.0 if drop is None else ~drop[:, None, :]
+        targets[key] = (pseudo[m] * keep).astype(np.float32)
+    per_seed.append(targets)
   return {k: np.stack([t[k] for t in per_seed]) for k in per_seed[0]}
 
 
@@ -100,13 +112,13 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
     print(f'[{stage}] finished earlier ({paths["report"]}), not redone', flush=True)
     return report
   seeds = seed_list(config)
-  targets = stage_targets(config, workdir, stage, splits['train'].labels, len(seeds))
-  tc = config.train
+  targets = stage_targets(config, workdir, stage, splits['train'], len(seeds))
+  tc, protocol = config.train, train.eval_protocol(config)
   model = HAN.from_config(config.model)
   mesh = placement.make_mesh(len(seeds))
   schedule, tx, train_steps = train.make_training(
       model, ml_collections.FrozenConfigDict(tc), ml_collections.FrozenConfigDict(config.loss),
-      len(splits['train']), mesh, seeds=True)
+      len(splits['train']), mesh, seeds=True, target_keys=tuple(targets))
   init_rngs, train_rngs = zip(*(jax.random.split(
       train.stage_rng(seed, wd.TRAINING_STAGES.index(stage))) for seed in seeds))
   state = jax.device_put(train.create_train_states(model, tx, init_rngs),
@@ -134,7 +146,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
         _check_finite(terms, stage, epoch, seeds, f'{ckpt.directory} (epoch {meta["epoch"]})'
                       if meta['epoch'] else 'none (the stage had not saved any epoch)')
         vals = train.evaluate_split(model, state.params, splits['val'], tc.eval_batch_size,
-                                    seeds=True)
+                                    seeds=True, clip_filter=protocol.clip_filter)
         seconds = time.perf_counter() - start
         step = int(placement.host(state.step)[0])
         records = [logs.EpochRecord(
@@ -144,7 +156,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
         print(logs.format_epoch(records, tc.epochs), flush=True)
         logs.append_metrics(workdir, records)
         tensorboard.add(records)
-        improved = np.array([r.val['segment/type'] > b
+        improved = np.array([_better(r.val[protocol.val_metric], b, protocol.val_ties)
                              for r, b in zip(records, meta['best_val'])])
         if improved.any():
           best = state.params if best is None else jax.tree.map(
@@ -152,21 +164,34 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
               state.params, best)
           best = jax.tree.map(jnp.copy, best)  # `state` is donated to the next epoch's steps.
           for s in np.flatnonzero(improved):
-            meta['best_val'][s], meta['best_epoch'][s] = records[s].val['segment/type'], epoch
+            meta['best_val'][s] = records[s].val[protocol.val_metric]
+            meta['best_epoch'][s] = epoch
           ckpt.save_best(epoch, best, seeds)
         meta['epoch'] = epoch
         ckpt.save(epoch, state, meta)
 
-  tests = train.evaluate_split(model, state.params, splits['test'], tc.eval_batch_size,
-                               seeds=True)
+  if protocol.model == 'best_val':
+    tested, epoch = best, list(meta['best_epoch'])
+    detail = (f'best val {protocol.val_metric} ({"last" if protocol.val_ties == "last" else "first"}'
+              f' of ties), epoch {epoch[0] if len(epoch) == 1 else epoch}')
+  else:
+    tested, epoch, detail = state.params, tc.epochs, f'epoch {tc.epochs}'
+  tests = train.evaluate_split(model, tested, splits['test'], tc.eval_batch_size, seeds=True,
+                               clip_filter=protocol.clip_filter)
   data_name = describe(config.data)
   summary = metrics.summarise_seeds(tests)
   print(metrics.format_results(metrics.table_title(
-      config.name, stage, 'test', data_name, f'epoch {tc.epochs}'), seeds, summary, tests))
+      config.name, stage, 'test', data_name, detail), seeds, summary, tests))
   return reports.write_report(
       paths['report'], summary, seeds=seeds, per_seed=tests, split='test',
       num_clips=len(splits['test']), step=int(placement.host(state.step)[0]),
-      epoch=tc.epochs, config_name=config.name, data=data_name)
+      model=protocol.model, epoch=epoch, config_name=config.name, data=data_name)
+
+
+def _better(value: float, best: float, ties: str) -> bool:
+  """Whether a validation number replaces the best so far: strictly greater ('first' of
+  ties kept: MA's checkpoints, VALOR), or at least as great ('last': JoMoLD's `>=`)."""
+  return value >= best if ties == 'last' else value > best
 
 
 def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:

@@ -11,6 +11,7 @@ Running a stage in a workdir (checkpoints, logs, reports) is `stages.py`'s work.
 """
 
 import functools
+import math
 import time
 from typing import Any, Callable
 
@@ -76,12 +77,47 @@ def steps_per_epoch(num_clips: int, batch_size: int) -> int:
 
 
 def make_schedule(train_config, num_clips: int) -> optax.Schedule:
-  """The lr multiplied by `lr_decay` every `lr_decay_every` epochs (PyTorch's StepLR)."""
-  return optax.exponential_decay(
-      train_config.lr,
-      transition_steps=train_config.lr_decay_every * steps_per_epoch(
-          num_clips, train_config.batch_size),
-      decay_rate=train_config.lr_decay, staircase=True)
+  """The learning rate per step, by `train_config.schedule`:
+
+  'step': lr multiplied by `lr_decay` every `lr_decay_every` epochs (PyTorch's StepLR; HAN,
+    MA, JoMoLD).
+  'warmup_cosine': VALOR's, set once per epoch e = 1 .. E: e / W x lr while e < W
+    (`warmup_epochs`), then from lr down to `lr_min` along a half cosine over epochs W .. E.
+  """
+  steps = steps_per_epoch(num_clips, train_config.batch_size)
+  kind = train_config.get('schedule', 'step')
+  if kind == 'step':
+    return optax.exponential_decay(
+        train_config.lr, transition_steps=train_config.lr_decay_every * steps,
+        decay_rate=train_config.lr_decay, staircase=True)
+  if kind == 'warmup_cosine':
+    lr, lr_min = train_config.lr, train_config.lr_min
+    warm, epochs = train_config.warmup_epochs, train_config.epochs
+
+    def schedule(step):
+      epoch = step // steps + 1
+      cosine = lr_min + 0.5 * (lr - lr_min) * (
+          1.0 + jnp.cos((epoch - warm) / max(epochs - warm, 1) * math.pi))
+      return jnp.where(epoch < warm, epoch / warm * lr, cosine)
+
+    return schedule
+  raise ValueError(f"config.train.schedule is 'step' or 'warmup_cosine', not {kind!r}.")
+
+
+def make_optimizer(train_config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Adam (HAN, MA, JoMoLD) or AdamW with `b1`, `weight_decay` (VALOR), by
+  `train_config.optimizer`; with `grad_norm` > 0, gradients are first clipped to that global
+  norm (VALOR)."""
+  name = train_config.get('optimizer', 'adam')
+  if name == 'adam':
+    tx = optax.adam(schedule)
+  elif name == 'adamw':
+    tx = optax.adamw(schedule, b1=train_config.b1, weight_decay=train_config.weight_decay)
+  else:
+    raise ValueError(f"config.train.optimizer is 'adam' or 'adamw', not {name!r}.")
+  if train_config.get('grad_norm', 0.0):
+    tx = optax.chain(optax.clip_by_global_norm(train_config.grad_norm), tx)
+  return tx
 
 
 def init_params(model: HAN, rng):
@@ -113,9 +149,9 @@ def device_arrays(split: Split, targets: dict[str, np.ndarray], mesh: Mesh,
                   seeds: bool = False) -> dict:
   """The split's model inputs and training targets on the mesh.
 
-  Returns {'audio': (N, T, 128), 'video_2d': (N, T, 2048), 'video_3d': (N, T, 512),
-  'y_global' | 'y_a' | 'y_v': (N, 25)}, replicated. With `seeds`, the targets are those of
-  S models, (S, N, 25), sharded over the `seed` axis.
+  Returns {'audio': (N, T, 128), 'video_2d': (N, T, 2048), 'video_3d': (N, T, 512), and the
+  targets, e.g. 'y_global' | 'y_a' | 'y_v': (N, 25)}, replicated. With `seeds`, the targets
+  are those of S models, (S, N, ...), sharded over the `seed` axis.
   """
   inputs = jax.device_put({k: getattr(split, k) for k in INPUTS}, placement.replicated(mesh))
   return {**inputs, **jax.device_put(targets, placement.params_sharding(mesh, seeds))}
@@ -131,7 +167,7 @@ def loss_fn(params, model: HAN, loss_config, batch: dict, rng) -> tuple[jax.Arra
 @functools.lru_cache
 def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
                   loss_config: ml_collections.FrozenConfigDict, num_clips: int, mesh: Mesh,
-                  seeds: bool = False):
+                  seeds: bool = False, target_keys: tuple[str, ...] = TARGETS):
   """Returns (schedule, tx, train_steps) with jitted
   `train_steps(state, data, idx, rng, first, num_steps) -> (state, terms)`.
 
@@ -146,10 +182,10 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
 
   With `seeds`, it trains M independent models in one program, vmapped (`over_seeds`) over a
   leading axis of M on the state, `idx` (M, S, B), `rng` (M,) and the targets of `data`
-  (M, N, 25); the inputs are shared. `terms` are then (M, S).
+  (`target_keys`, each (M, N, ...)); the inputs are shared. `terms` are then (M, S).
   """
   schedule = make_schedule(train_config, num_clips)
-  tx = optax.adam(schedule)
+  tx = make_optimizer(train_config, schedule)
   batch_sharding = placement.batched(mesh)
 
   def train_step(state: TrainState, data: dict, idx: jax.Array, rng) -> tuple[TrainState, dict]:
@@ -178,7 +214,7 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
 
   if not seeds:
     return schedule, tx, jax.jit(train_steps, donate_argnums=0)
-  data_axes = {**{k: None for k in INPUTS}, **{k: 0 for k in TARGETS}}
+  data_axes = {**{k: None for k in INPUTS}, **{k: 0 for k in target_keys}}
   return schedule, tx, jax.jit(over_seeds(train_steps, (0, data_axes, 0, 0, None, None)),
                                donate_argnums=0)
 
@@ -288,29 +324,52 @@ def predict(model: HAN, params, split: Split, batch_size: int,
           for k in outs[0]}
 
 
-def segment_outputs(model: HAN, params, split: Split, batch_size: int
+def segment_predictions(out: dict, clip_filter: str = 'modality'):
+  """`metrics.segment_predictions` of model outputs, each modality's segments filtered by its
+  own clip-level probability (`clip_filter` 'modality': a_prob, v_prob; METHOD.md 5, MA and
+  JoMoLD) or both by global_prob ('global': VALOR's evaluation). Returns (pred_a, pred_v)."""
+  if clip_filter == 'modality':
+    return metrics.segment_predictions(out['frame_prob'], out['a_prob'], out['v_prob'])
+  if clip_filter == 'global':
+    return metrics.segment_predictions(out['frame_prob'], out['global_prob'],
+                                       out['global_prob'])
+  raise ValueError(f"config.eval.clip_filter is 'modality' or 'global', not {clip_filter!r}.")
+
+
+def segment_outputs(model: HAN, params, split: Split, batch_size: int,
+                    clip_filter: str = 'modality'
                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """One model's segment predictions and probabilities, by modality: ({'audio', 'visual':
   bool (N, 25, 10)}, {'audio', 'visual': (N, 25, 10)})."""
   out = predict(model, params, split, batch_size)
-  pred = metrics.segment_predictions(out['frame_prob'], out['a_prob'], out['v_prob'])
+  pred = segment_predictions(out, clip_filter)
   prob = np.moveaxis(out['frame_prob'], 1, -1)  # (N, 2, 25, 10)
   return dict(zip(('audio', 'visual'), pred)), {'audio': prob[:, 0], 'visual': prob[:, 1]}
 
 
-def _scores(out: dict, split: Split) -> dict:
-  pred_a, pred_v = metrics.segment_predictions(out['frame_prob'], out['a_prob'], out['v_prob'])
+def eval_protocol(config) -> ml_collections.ConfigDict:
+  """`config.eval`, MA's protocol where a config (or an older workdir's) has none: the
+  modality filter, the last epoch, best-val checkpoints by segment-level Type@AV, strictly."""
+  defaults = {'clip_filter': 'modality', 'model': 'last', 'val_metric': 'segment/type',
+              'val_ties': 'first'}
+  return ml_collections.ConfigDict({**defaults, **dict(config.get('eval', {}))})
+
+
+def _scores(out: dict, split: Split, clip_filter: str) -> dict:
+  pred_a, pred_v = segment_predictions(out, clip_filter)
   return metrics.evaluate_with_classes(pred_a, pred_v, split.gt_a, split.gt_v)
 
 
-def evaluate_split(model: HAN, params, split: Split, batch_size: int, seeds: bool = False):
+def evaluate_split(model: HAN, params, split: Split, batch_size: int, seeds: bool = False,
+                   clip_filter: str = 'modality'):
   """The ten numbers of METHOD.md section 5 and per-class segment F on a split with truth:
   {'results', 'per_class_audio', 'per_class_visual'}; with `seeds` (stacked `params`), a list
-  of those, one per model."""
+  of those, one per model. `clip_filter`: see `segment_predictions`."""
   out = predict(model, params, split, batch_size, seeds)
   if not seeds:
-    return _scores(out, split)
-  return [_scores({k: v[m] for k, v in out.items()}, split) for m in range(len(out['a_prob']))]
+    return _scores(out, split, clip_filter)
+  return [_scores({k: v[m] for k, v in out.items()}, split, clip_filter)
+          for m in range(len(out['a_prob']))]
 
 
 def targets_from_labels(labels: np.ndarray, loss_config, drop_a=None, drop_v=None,

@@ -28,8 +28,9 @@ from avvp_jax.models import HAN
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by launch/main.py.')
 _SPLIT = flags.DEFINE_enum('split', 'test', ['val', 'test'], 'Which split to evaluate.')
-_MODEL = flags.DEFINE_enum('model', 'last', list(wd.MODEL_SELECTIONS),
-                           'Which epoch of each stage: the last, or the best on val Type@AV.')
+_MODEL = flags.DEFINE_enum('model', None, list(wd.MODEL_SELECTIONS),
+                           "Which epoch of each stage: the last, or the best on val by the "
+                           "method's metric; default the method's own (config.eval.model).")
 _PREDICTIONS = flags.DEFINE_string(
     'predictions', None, 'A folder with events_audio.csv and events_visual.csv to score.')
 flags.mark_flags_as_required(['workdir'])
@@ -62,8 +63,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   workdir = os.path.abspath(_WORKDIR.value)  # Orbax: absolute paths.
-  split_name, which = _SPLIT.value, _MODEL.value
   config = wd.load_config(workdir)
+  split_name, which = _SPLIT.value, _MODEL.value or train.eval_protocol(config).model
   split = load_splits(config.data)[split_name]
   if _PREDICTIONS.value:
     score_predictions(config, split, split_name, os.path.abspath(_PREDICTIONS.value))
@@ -78,7 +79,8 @@ def main(argv):
     checkpoint = checkpoints.restore_params(workdir, stage, which)
     stage_seeds = seeds.checkpoint_seeds(config, checkpoint)
     evaluations = train.evaluate_split(model, checkpoint.params, split,
-                                       config.train.eval_batch_size, seeds=True)
+                                       config.train.eval_batch_size, seeds=True,
+                                       clip_filter=train.eval_protocol(config).clip_filter)
     summary = metrics.summarise_seeds(evaluations)
     print(metrics.format_results(metrics.table_title(
         config.name, stage, split_name, data_name,

@@ -78,7 +78,8 @@ def main(argv):
     split, source = llp.read_feature_folder(_FEATURES.value), os.path.abspath(_FEATURES.value)
   else:
     split, source = load_splits(config.data)[_SPLIT.value], _SPLIT.value
-  pred, prob = train.segment_outputs(model, params, split, config.train.eval_batch_size)
+  pred, prob = train.segment_outputs(model, params, split, config.train.eval_batch_size,
+                                     train.eval_protocol(config).clip_filter)
   found = {m: events.to_events(pred[m], split.names, prob[m]) for m in pred}
   folder = _OUT.value or os.path.join(
       default_out,

@@ -206,3 +206,36 @@ def test_contrastive_bf16_input_and_zero_vector():
   h_a[0, 3] = 0.0
   grads = jax.grad(losses.contrastive_loss, argnums=(0, 1))(h_a, v)
   assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+def np_bce_with_logits(logits, target):
+  x, z = np.asarray(logits, np.float64), np.asarray(target, np.float64)
+  p = 1 / (1 + np.exp(-x))
+  return -np.mean(z * np.log(p) + (1 - z) * np.log(1 - p))
+
+
+def test_pseudo_label_loss_is_valors_video_bce_plus_segment_bce_on_the_frame_logits():
+  """Against plain NumPy: BCE(global_prob, y) + BCE(sigmoid(frame_logits[:, :, m]), pl_m)
+  for audio and visual, soft targets included."""
+  rng = np.random.default_rng(0)
+  out = {'global_prob': rng.uniform(0, 1, (4, 25)).astype(np.float32),
+         'frame_logits': rng.normal(0, 3, (4, 10, 2, 25)).astype(np.float32)}
+  targets = {'y_global': (rng.uniform(size=(4, 25)) < 0.2).astype(np.float32),
+             'pl_a': (rng.uniform(size=(4, 10, 25)) < 0.3).astype(np.float32),
+             'pl_v': rng.uniform(0, 1, (4, 10, 25)).astype(np.float32)}
+  total, parts = losses.pseudo_label_loss(out, targets)
+  want = {'global': np_bce(out['global_prob'], targets['y_global']),
+          'audio': np_bce_with_logits(out['frame_logits'][:, :, 0], targets['pl_a']),
+          'visual': np_bce_with_logits(out['frame_logits'][:, :, 1], targets['pl_v'])}
+  for k, v in want.items():
+    np.testing.assert_allclose(parts[k], v, rtol=1e-5, err_msg=k)
+  np.testing.assert_allclose(total, sum(want.values()), rtol=1e-5)
+
+
+def test_bce_with_logits_stays_finite_where_the_sigmoid_saturates():
+  x = jnp.array([-200.0, -30.0, 0.0, 30.0, 200.0])
+  z = jnp.array([1.0, 1.0, 0.5, 0.0, 0.0])
+  value = losses.bce_with_logits(x, z)
+  want = np.mean([200.0, 30.0, np.log(2.0), 30.0, 200.0])
+  np.testing.assert_allclose(value, want, rtol=1e-5)
+  assert np.isfinite(jax.grad(lambda x: losses.bce_with_logits(x, z))(x)).all()

@@ -16,8 +16,8 @@ B, T, C = 3, 10, 25
 # Small sizes; two heads so the per-head slicing is exercised too.
 SMALL = dict(d_model=32, num_heads=2, ffn_dim=48, dropout=0.1, num_classes=C,
              audio_dim=12, video_2d_dim=24, video_3d_dim=20)
-OUTPUT_KEYS = {'global_prob', 'a_prob', 'v_prob', 'frame_prob', 'frame_att',
-               'av_att', 'h_a', 'v'}
+OUTPUT_KEYS = {'global_prob', 'a_prob', 'v_prob', 'frame_logits', 'frame_prob', 'frame_att',
+               'av_att', 'h_a', 'h_v', 'v'}
 
 
 # Float64 NumPy reference of METHOD.md section 2.
@@ -54,9 +54,9 @@ def np_mha(p, query, key, value, num_heads):
   return np_dense(p['out'], np.concatenate(heads, -1))
 
 
-def np_han_layer(p, q, o, num_heads):
-  y = np_layer_norm(p['norm1'], q + np_mha(p['cross_attn'], q, o, o, num_heads)
-                    + np_mha(p['self_attn'], q, q, q, num_heads))
+def np_han_layer(p, q, o, num_heads, cross_modal=True):
+  cross = np_mha(p['cross_attn'], q, o, o, num_heads) if cross_modal else 0.0
+  y = np_layer_norm(p['norm1'], q + cross + np_mha(p['self_attn'], q, q, q, num_heads))
   f = np_dense(p['linear2'], np.maximum(np_dense(p['linear1'], y), 0))
   return np_layer_norm(p['norm2'], y + f)
 
@@ -67,6 +67,7 @@ def np_mmil(frame_logits, frame_att_logits, av_att_logits):
   av_att = np_softmax(av_att_logits, 2)  # Over the modalities.
   temporal = frame_att * frame_prob
   return {
+      'frame_logits': frame_logits,
       'global_prob': (temporal * av_att).sum((1, 2)),
       'a_prob': temporal[:, :, 0].sum(1),
       'v_prob': temporal[:, :, 1].sum(1),
@@ -76,7 +77,7 @@ def np_mmil(frame_logits, frame_att_logits, av_att_logits):
   }
 
 
-def np_han(p, audio, video_2d, video_3d, num_heads):
+def np_han(p, audio, video_2d, video_3d, num_heads, cross_modal=True, sequential=False):
   """Separate h_a and h_v calls, frame-level fc_v then the mean over 8."""
   a = np_dense(p['fc_a'], audio)
   v2d = np_dense(p['fc_v'], video_2d)
@@ -84,12 +85,12 @@ def np_han(p, audio, video_2d, video_3d, num_heads):
     v2d = v2d.reshape(v2d.shape[0], audio.shape[1], -1, v2d.shape[-1]).mean(2)
   s = np_dense(p['fc_st'], video_3d)
   v = np_dense(p['fc_fusion'], np.concatenate([v2d, s], -1))
-  h_a = np_han_layer(p['han_layer'], a, v, num_heads)
-  h_v = np_han_layer(p['han_layer'], v, a, num_heads)
+  h_a = np_han_layer(p['han_layer'], a, v, num_heads, cross_modal)
+  h_v = np_han_layer(p['han_layer'], v, h_a if sequential else a, num_heads, cross_modal)
   x = np.stack([h_a, h_v], 2)
   out = np_mmil(np_dense(p['fc_prob'], x), np_dense(p['fc_frame_att'], x),
                 np_dense(p['fc_av_att'], x))
-  out.update(h_a=h_a, v=v)
+  out.update(h_a=h_a, h_v=h_v, v=v)
   return out
 
 
@@ -179,6 +180,33 @@ def test_hybrid_attention_layer_matches_numpy(params):
   np.testing.assert_allclose(h, expected, rtol=1e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize('cross_modal, sequential', [(False, False), (True, True),
+                                                      (False, True)])
+def test_the_variants_of_jomold_and_valor_match_numpy(params, inputs, cross_modal, sequential):
+  """JoMoLD's forward without cross-modal attention, and VALOR's encoder in which the visual
+  stream attends to the audio stream after the layer, on the same parameters."""
+  net = HAN(**SMALL, sequential=sequential)
+  out = net.apply(params, *inputs, train=False, cross_modal=cross_modal)
+  expected = np_han(to_f64(params['params']), *(x.astype(np.float64) for x in inputs),
+                    num_heads=2, cross_modal=cross_modal, sequential=sequential)
+  assert_outputs_close(out, expected, rtol=1e-5, atol=2e-5)
+
+
+def test_visual_dropout_drops_the_visual_stream_only_and_only_in_training(params, inputs):
+  net = HAN(**SMALL, visual_dropout=0.5)
+  plain = HAN(**SMALL).apply(params, *inputs, train=False)
+  np.testing.assert_array_equal(net.apply(params, *inputs, train=False)['global_prob'],
+                                plain['global_prob'])
+  rngs = {'dropout': jax.random.key(1, impl='rbg')}
+  dropped = HAN(**{**SMALL, 'dropout': 0.0}, visual_dropout=0.5).apply(params, *inputs, train=True,
+                                                                  rngs=rngs)
+  no_dropout = HAN(**{**SMALL, 'dropout': 0.0}).apply(params, *inputs, train=True, rngs=rngs)
+  np.testing.assert_allclose(dropped['frame_logits'][:, :, 0], no_dropout['frame_logits'][:, :, 0],
+                             rtol=1e-6)
+  assert not np.allclose(dropped['frame_logits'][:, :, 1], no_dropout['frame_logits'][:, :, 1])
+  np.testing.assert_allclose(dropped['h_v'], no_dropout['h_v'], rtol=1e-6)
+
+
 def test_model_matches_numpy_forward(params, inputs, eval_out):
   expected = np_han(to_f64(params['params']),
                     *(x.astype(np.float64) for x in inputs), num_heads=2)
@@ -186,8 +214,8 @@ def test_model_matches_numpy_forward(params, inputs, eval_out):
   shapes = {k: v.shape for k, v in eval_out.items()}
   assert shapes == {
       'global_prob': (B, C), 'a_prob': (B, C), 'v_prob': (B, C),
-      'frame_prob': (B, T, 2, C), 'frame_att': (B, T, 2, C),
-      'av_att': (B, T, 2, C), 'h_a': (B, T, 32), 'v': (B, T, 32)}
+      'frame_logits': (B, T, 2, C), 'frame_prob': (B, T, 2, C), 'frame_att': (B, T, 2, C),
+      'av_att': (B, T, 2, C), 'h_a': (B, T, 32), 'h_v': (B, T, 32), 'v': (B, T, 32)}
   assert all(v.dtype == jnp.float32 for v in eval_out.values())
 
 

@@ -78,8 +78,8 @@ def test_each_seeds_best_val_epoch_is_saved_and_feeds_the_refinement(tmp_path, m
   scores = iter([(40.0, 70.0), (60.0, 30.0), (50.0, 80.0)])
   evaluate_split = train.evaluate_split
 
-  def scripted_val(model, params, split, batch_size, seeds=False):
-    out = evaluate_split(model, params, split, batch_size, seeds)
+  def scripted_val(model, params, split, batch_size, seeds=False, clip_filter="modality"):
+    out = evaluate_split(model, params, split, batch_size, seeds, clip_filter)
     if split is splits['val']:
       for evaluation, score in zip(out, next(scores)):
         evaluation['results']['segment/type'] = score
@@ -135,7 +135,8 @@ def test_nan_loss_stops_with_stage_epoch_and_step_and_closes_the_checkpoints(tmp
 def test_final_stage_without_refined_labels_is_a_clear_error(tmp_path):
   config = _tiny_config()
   with pytest.raises(FileNotFoundError, match='holds no refined labels: run stage 2'):
-    stages.stage_targets(config, str(tmp_path), 'final', np.zeros((4, 25), np.float32), 1)
+    stages.stage_targets(config, str(tmp_path), 'final',
+                         load_splits(config.data)['train'].take(np.arange(4)), 1)
 
 
 KILL_IN_STAGE_2 = """

@@ -167,8 +167,9 @@ class HybridAttentionLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, q, o, *, train: bool):
-    """q (B, T, d), o (B, T', d) -> h (B, T, d)."""
+  def __call__(self, q, o, *, train: bool, cross_modal: bool = True):
+    """q (B, T, d), o (B, T', d) -> h (B, T, d); without `cross_modal`, the cross-modal
+    attention term is left out (JoMoLD's `with_ca=False`)."""
     d = q.shape[-1]
 
     def drop(x):
@@ -178,9 +179,13 @@ class HybridAttentionLayer(nn.Module):
       return MultiHeadAttention(
           self.num_heads, self.dropout, dtype=self.dtype, name=name)
 
-    cross = attention('cross_attn')(q, o, o, train=train)
-    self_ = attention('self_attn')(q, q, q, train=train)
-    y = _layer_norm(self.dtype, 'norm1')(q + drop(cross) + drop(self_))
+    if cross_modal:
+      cross = attention('cross_attn')(q, o, o, train=train)
+      self_ = attention('self_attn')(q, q, q, train=train)
+      y = q + drop(cross) + drop(self_)
+    else:
+      y = q + drop(attention('self_attn')(q, q, q, train=train))
+    y = _layer_norm(self.dtype, 'norm1')(y)
     f = _linear(self.ffn_dim, d, self.dtype, 'linear1')(y)
     f = _linear(d, self.ffn_dim, self.dtype, 'linear2')(drop(nn.relu(f)))
     return _layer_norm(self.dtype, 'norm2')(y + drop(f))
@@ -195,8 +200,8 @@ def mmil_pool(frame_logits, frame_att_logits, av_att_logits) -> dict:
     av_att_logits: (B, T, 2, C) from fc_av_att.
 
   Returns:
-    dict with frame_prob, frame_att (softmax over T), av_att (softmax over
-    the modality axis), all (B, T, 2, C); global_prob, a_prob, v_prob (B, C).
+    dict with frame_logits, frame_prob, frame_att (softmax over T), av_att (softmax
+    over the modality axis), all (B, T, 2, C); global_prob, a_prob, v_prob (B, C).
     a_prob and v_prob lie in [0, 1]; global_prob, as in the reference, only in
     [0, 2] (av_att may weight a different segment per modality), so the BCE
     clip is what keeps it a probability.
@@ -207,6 +212,7 @@ def mmil_pool(frame_logits, frame_att_logits, av_att_logits) -> dict:
   av_att = jax.nn.softmax(f32(av_att_logits), axis=-2)
   temporal = frame_att * frame_prob
   return {
+      'frame_logits': f32(frame_logits),
       'global_prob': jnp.sum(temporal * av_att, axis=(-3, -2)),
       'a_prob': jnp.sum(temporal[..., 0, :], axis=-2),
       'v_prob': jnp.sum(temporal[..., 1, :], axis=-2),
@@ -265,6 +271,12 @@ class HAN(nn.Module):
   video_2d_dim: int = classes.VIDEO_2D_DIM
   video_3d_dim: int = classes.VIDEO_3D_DIM
   dtype: str = 'float32'  # 'bfloat16': bf16 compute, float32 params.
+  # Dropout on the visual stream after the HAN layer, before the heads (JoMoLD's
+  # `cls_dropout`; 0 in HAN and MA).
+  visual_dropout: float = 0.0
+  # The visual stream attends to the audio stream after the HAN layer instead of before
+  # (VALOR's encoder: h_a = layer(a, v), then h_v = layer(v, h_a)).
+  sequential: bool = False
 
   @classmethod
   def from_config(cls, model_config) -> 'HAN':
@@ -278,10 +290,13 @@ class HAN(nn.Module):
         audio_dim=model_config.audio_dim,
         video_2d_dim=model_config.video_2d_dim,
         video_3d_dim=model_config.video_3d_dim,
-        dtype=model_config.dtype)
+        dtype=model_config.dtype,
+        visual_dropout=model_config.get('visual_dropout', 0.0),
+        sequential=model_config.get('sequential', False))
 
   @nn.compact
-  def __call__(self, audio, video_2d, video_3d, *, train: bool) -> dict:
+  def __call__(self, audio, video_2d, video_3d, *, train: bool,
+               cross_modal: bool = True) -> dict:
     """Forward pass; audio and visual may come from different clips.
 
     Args:
@@ -290,12 +305,14 @@ class HAN(nn.Module):
         (B, 8T, video_2d_dim) at 8 frames per second.
       video_3d: (B, T, video_3d_dim) R(2+1)D features.
       train: enables dropout (rng collection 'dropout').
+      cross_modal: False leaves the HAN layer's cross-modal attention out (JoMoLD's
+        noise estimator and its per-batch denoising forward).
 
     Returns:
-      dict of float32 arrays: global_prob, a_prob, v_prob (B, C);
+      dict of float32 arrays: global_prob, a_prob, v_prob (B, C); frame_logits,
       frame_prob, frame_att, av_att (B, T, 2, C), modality 0 audio, 1 visual;
-      h_a (B, T, d) audio after the HAN layer and v (B, T, d) the visual
-      embedding before it (inputs of the contrastive loss).
+      h_a, h_v (B, T, d) audio and visual after the HAN layer and v (B, T, d) the
+      visual embedding before it (inputs of the contrastive losses).
     """
     dtype = jnp.dtype(self.dtype)
     d = self.d_model
@@ -312,14 +329,23 @@ class HAN(nn.Module):
         self.num_heads, self.ffn_dim, self.dropout, dtype=dtype,
         name='han_layer')
     batch = a.shape[0]
-    h = layer(jnp.concatenate([a, v], 0), jnp.concatenate([v, a], 0),
-              train=train)
-    h_a, h_v = h[:batch], h[batch:]
+    if self.sequential:
+      h_a = layer(a, v, train=train, cross_modal=cross_modal)
+      h_v = layer(v, h_a, train=train, cross_modal=cross_modal)
+    else:
+      h = layer(jnp.concatenate([a, v], 0), jnp.concatenate([v, a], 0),
+                train=train, cross_modal=cross_modal)
+      h_a, h_v = h[:batch], h[batch:]
+    if self.visual_dropout:
+      h_v_heads = Dropout(self.visual_dropout)(h_v, deterministic=not train)
+    else:
+      h_v_heads = h_v
 
-    x = jnp.stack([h_a, h_v], axis=-2)  # (B, T, 2, d)
+    x = jnp.stack([h_a, h_v_heads], axis=-2)  # (B, T, 2, d)
     head = lambda name: _linear(self.num_classes, d, dtype, name)(x)
     out = mmil_pool(head('fc_prob'), head('fc_frame_att'), head('fc_av_att'))
     out['h_a'] = h_a.astype(jnp.float32)
+    out['h_v'] = h_v.astype(jnp.float32)
     out['v'] = v.astype(jnp.float32)
     return out
 
