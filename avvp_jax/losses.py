@@ -1,5 +1,6 @@
 """Losses of HAN and MA (METHOD.md sections 3 and 4): MIL BCE and contrastive; and of the
-methods after MA: VALOR's segment-level pseudo-label loss.
+methods after MA: VALOR's segment-level pseudo-label loss and JoMoLD's weighted MIL with its
+contrastive term.
 
 Pure functions on arrays. Inputs are promoted to at least float32, so the
 losses stay float32 when the model computes in bfloat16 (and float64 stays
@@ -102,8 +103,10 @@ def total_loss(out: dict, targets: dict, loss_config):
                             loss_config.clip)
   elif kind == 'pseudo_labels':
     total, terms = pseudo_label_loss(out, targets, loss_config.clip)
+  elif kind == 'jomold':
+    return jomold_loss(out, targets, loss_config)
   else:
-    raise ValueError(f"config.loss.kind is 'mil' or 'pseudo_labels', not {kind!r}.")
+    raise ValueError(f"config.loss.kind is 'mil', 'pseudo_labels' or 'jomold', not {kind!r}.")
   if loss_config.contrastive:
     terms['contrastive'] = contrastive_loss(
         out['h_a'], out['v'], loss_config.tau, loss_config.contrastive_label_smoothing)
@@ -169,3 +172,56 @@ def contrastive_loss(h_a, v, tau: float = 0.2, label_smoothing: float = 0.1):
             + label_smoothing / (num_segments - 1) * (1.0 - eye))
   log_p = jax.nn.log_softmax(logits, axis=-1)
   return -jnp.mean(jnp.sum(target * log_p, axis=-1))
+
+
+def smoothed_nce_loss(h_a, h_v, tau: float = 0.2, label_smoothing: float = 0.1):
+  """JoMoLD's `LabelSmoothingNCELoss` on the segment similarities of one clip.
+
+  For segment t, p = softmax over t' of z_a[t] . z_v[t'] / tau with z = l2-normalised
+  features after the HAN layer; the loss is -log sum_t' q[t'] p[t'] with q the smoothed
+  one-hot target (1 - ls on t, ls / (T - 1) elsewhere): the log of the target's expected
+  probability, not the cross-entropy of `contrastive_loss`.
+
+  Args:
+    h_a, h_v: (B, T, d) audio and visual after the HAN layer.
+    tau: temperature.
+    label_smoothing: ls.
+
+  Returns:
+    Scalar, mean over segments and clips.
+  """
+  z_a = l2_normalize(_at_least_f32(h_a))
+  z_v = l2_normalize(_at_least_f32(h_v))
+  logits = jnp.einsum('...td,...sd->...ts', z_a, z_v) / tau
+  num_segments = logits.shape[-1]
+  eye = jnp.eye(num_segments, dtype=logits.dtype)
+  target = ((1.0 - label_smoothing) * eye
+            + label_smoothing / (num_segments - 1) * (1.0 - eye))
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jax.nn.logsumexp(jnp.log(target) + log_p, axis=-1))
+
+
+def jomold_loss(out: dict, targets: dict, loss_config):
+  """JoMoLD's loss: w_a BCE(a_prob, y_a) + w_v BCE(v_prob, y_v) + w_y BCE(global_prob, y) +
+  w_nce `smoothed_nce_loss(h_a, h_v)`.
+
+  Args:
+    out: model outputs: global_prob, a_prob, v_prob (B, 25); h_a, h_v (B, T, d).
+    targets: y_global, y_a, y_v (B, 25).
+    loss_config: clip, tau, nce_smoothing and the weights audio_weight, visual_weight,
+      video_weight, nce_weight.
+
+  Returns:
+    (total, {'global', 'audio', 'visual', 'contrastive', 'total'}), scalars.
+  """
+  lc = loss_config
+  terms = {
+      'global': bce(out['global_prob'], targets['y_global'], lc.clip),
+      'audio': bce(out['a_prob'], targets['y_a'], lc.clip),
+      'visual': bce(out['v_prob'], targets['y_v'], lc.clip),
+      'contrastive': smoothed_nce_loss(out['h_a'], out['h_v'], lc.tau, lc.nce_smoothing),
+  }
+  total = (lc.audio_weight * terms['audio'] + lc.visual_weight * terms['visual']
+           + lc.video_weight * terms['global'] + lc.nce_weight * terms['contrastive'])
+  terms['total'] = total
+  return total, terms

@@ -27,7 +27,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f'data: { {k: len(v) for k, v in splits.items()} }; {placement}', flush=True)
     out = {'base': stages.train_stage(config, workdir, 'base', splits)}
     if config.refine.enabled:
-      out['refine'] = stages.refine_stage(config, workdir, splits)
+      stage_2 = (stages.noise_ratio_stage if config.loss.get('kind') == 'jomold'
+                 else stages.refine_stage)
+      out['refine'] = stage_2(config, workdir, splits)
       out['final'] = stages.train_stage(config, workdir, 'final', splits)
     if config.plots:
       plots.plot_run(config, workdir, splits)

@@ -198,7 +198,8 @@ def curves(records: list[EpochRecord]) -> Figure:
   Returns a 12 x 7 inch figure, a panel per loss term and one for val segment and event
   Type@AV.
   """
-  terms = sorted({k for r in records for k in r.train}, key=lambda k: (k != 'total', k))
+  terms = sorted({k for r in records for k in r.train if not k.startswith('drops/')},
+                 key=lambda k: (k != 'total', k))
   panels = [('train', k) for k in terms] + [('val', 'type')]
   fig = Figure(figsize=(12, 7))
   axes = fig.subplots(2, -(-len(panels) // 2), squeeze=False).ravel()
@@ -250,7 +251,7 @@ def plot_run(config, workdir: str, splits: dict[str, Split], *, split: str = 'te
   out = out or wd.plots_dir(workdir)
   figures = _timelines(config, workdir, splits[split], split, clips, num_clips, seed, model)
   refined = checkpoints.load_refined(workdir)
-  if refined is not None:
+  if refined is not None and 'drop_a' in refined:  # (JoMoLD's stage 2 drops nothing.)
     s, _ = seeds.seed_index(refined['stats']['seeds'], seed, wd.refine_dir(workdir))
     figures['refinement.png'] = refinement(
         _refinement_examples(splits['train'], refined['drop_a'][s], refined['drop_v'][s]))
@@ -293,7 +294,7 @@ def _timelines(config, workdir: str, data: Split, split: str, clips, num_clips: 
   for stage in trained:
     checkpoint = checkpoints.restore_params(workdir, stage, model)
     net, params, shown = seeds.one_seed(config, checkpoint, seed,
-                                        wd.checkpoint_dir(workdir, stage, model))
+                                        wd.checkpoint_dir(workdir, stage, model), stage)
     pred, _ = train.segment_outputs(net, params, chosen, config.train.eval_batch_size,
                                     train.eval_protocol(config).clip_filter)
     # best/ holds each seed's own best; its epoch is the last at which any seed improved.

@@ -41,7 +41,8 @@ def write_report(path: str, summary: dict, *, seeds: list[int], per_seed: list[d
   `summary` is `metrics.summarise_seeds(per_seed)`: `results` and the per-class fields are the
   means over the seeds, `sd` their sd (null for one seed); `per_seed` holds each seed's own
   {'results', 'per_class_audio', 'per_class_visual'}. `data` names the data source; `model`
-  and `epoch` say which checkpoint was evaluated ('last' or 'best_val'); `step` is its train
+  and `epoch` say which checkpoint was evaluated ('last' or 'best_val'; `epoch` one number,
+  or one per seed); `step` is its train
   step where known. Per-class fields are {class_name: F or null}. Returns the report as
   `read_report` gives it.
   """
@@ -49,7 +50,8 @@ def write_report(path: str, summary: dict, *, seeds: list[int], per_seed: list[d
       'split': split,
       'data': data,
       'model': model,
-      'epoch': None if epoch is None else int(epoch),
+      'epoch': None if epoch is None else (
+          [int(e) for e in epoch] if isinstance(epoch, (list, tuple)) else int(epoch)),
       'num_clips': int(num_clips),
       'step': None if step is None else int(step),
       'config_name': config_name,

@@ -37,12 +37,14 @@ def checkpoint_seeds(config, checkpoint: Checkpoint) -> list[int]:
   return [config.seed + s for s in range(jax.tree.leaves(checkpoint.params)[0].shape[0])]
 
 
-def one_seed(config, checkpoint: Checkpoint, seed: int | None, source: str):
-  """(model, params, seed): one seed's model out of a checkpoint's stacked parameters; the
-  first seed if `seed` is None. Refuses a seed that is not there, and parameters that are
-  not those of `config.model`, naming `source`."""
+def one_seed(config, checkpoint: Checkpoint, seed: int | None, source: str,
+             stage: str | None = None):
+  """(model, params, seed): one seed's model out of a checkpoint's stacked parameters (of
+  training `stage`, where known: JoMoLD's stage 1 has no cross-modal attention); the first
+  seed if `seed` is None. Refuses a seed that is not there, and parameters that are not
+  those of `config.model`, naming `source`."""
   index, seed = seed_index(checkpoint_seeds(config, checkpoint), seed, source)
-  model = HAN.from_config(config.model)
+  model = HAN.from_config(config.model, stage)
   params = jax.tree.map(lambda x: x[index], checkpoint.params)
   shapes = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape)
                          for k, v in jax.tree_util.tree_leaves_with_path(tree)}

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from avvp_jax import checkpoints, logs, metrics, placement, refine, reports, train
+from avvp_jax import checkpoints, denoise, logs, metrics, placement, refine, reports, train
 from avvp_jax import workdir as wd
 from avvp_jax.data import Split, describe, pseudo_labels
 from avvp_jax.models import HAN
@@ -49,40 +49,86 @@ def check_processes(config, splits: dict[str, Split]) -> None:
           'process with the same flags and the same data.')
 
 
+def stage_loss(config, stage: str) -> ml_collections.FrozenConfigDict:
+  """`config.loss` as a training stage uses it: JoMoLD's stage 1 (its noise estimator) sums
+  its four terms with weight 1 and does not denoise; its stage 3 weighs them as the config
+  says and denoises every batch."""
+  loss = ml_collections.ConfigDict(config.loss.to_dict())
+  if loss.kind == 'jomold':
+    loss.denoise = stage == 'final'
+    if stage == 'base':
+      loss.update(audio_weight=1.0, visual_weight=1.0, video_weight=1.0, nce_weight=1.0)
+  return ml_collections.FrozenConfigDict(loss)
+
+
 def stage_targets(config, workdir: str, stage: str, split: Split,
                   num_seeds: int) -> dict[str, np.ndarray]:
   """The training targets of a stage, one set per seed, (S, N, 25) each: the weak labels
-  (base), or each seed's refined ones (final) from stage 2's drop masks in the workdir. With
-  VALOR's loss (`config.loss.kind` 'pseudo_labels'), also the segment pseudo labels pl_a,
-  pl_v (S, N, 10, 25), those of a dropped (clip, class, modality) set to 0."""
+  (base), or each seed's refined ones (final) from stage 2's drop masks in the workdir.
+  With VALOR's loss (`config.loss.kind` 'pseudo_labels'), also the segment pseudo labels
+  pl_a, pl_v (S, N, 10, 25), those of a dropped (clip, class, modality) set to 0. JoMoLD's
+  final stage keeps the weak labels and adds stage 2's noise ratios noise_a, noise_v (S, 25),
+  by which each batch is denoised."""
   labels = split.labels
   kind = config.loss.get('kind', 'mil')
   pseudo = pseudo_labels.for_split(config.data, split) if kind == 'pseudo_labels' else None
-  if stage == 'base':
+  if pseudo is not None and stage == 'base':
+    print(pseudo_labels.format_quality(pseudo_labels.quality(pseudo, split)), flush=True)
+  if stage == 'base' or kind == 'jomold':
     drops = [(None, None)] * num_seeds
-  else:
+  if stage == 'final':
     refined = checkpoints.load_refined(workdir)
     if refined is None:
       raise FileNotFoundError(f'{wd.refine_dir(workdir)} holds no refined labels: run stage '
                               '2 before the final stage.')
-    if len(refined['drop_a']) != num_seeds:
-      raise ValueError(f'{wd.refine_dir(workdir)} holds the refined labels of '
-                       f'{len(refined["drop_a"])} seeds, not {num_seeds}.')
-    drops = list(zip(refined['drop_a'], refined['drop_v']))
+    first = refined['noise_a' if kind == 'jomold' else 'drop_a']
+    if len(first) != num_seeds:
+      raise ValueError(f'{wd.refine_dir(workdir)} holds the stage-2 output of '
+                       f'{len(first)} seeds, not {num_seeds}.')
+    if kind != 'jomold':
+      drops = list(zip(refined['drop_a'], refined['drop_v']))
   per_seed = []
-  for drop_a, drop_v in drops:
+  for s, (drop_a, drop_v) in enumerate(drops):
     targets = train.targets_from_labels(labels, config.loss, drop_a, drop_v,
                                         config.refine.audio_drop_clears_global)
     if pseudo is not None:
       for key, m, drop in (('pl_a', 'audio', drop_a), ('pl_v', 'visual', drop_v)):
         keep = 1.0 if drop is None else ~drop[:, None, :]
         targets[key] = (pseudo[m] * keep).astype(np.float32)
+    if kind == 'jomold' and stage == 'final':
+      targets.update(noise_a=refined['noise_a'][s], noise_v=refined['noise_v'][s])
     per_seed.append(targets)
   return {k: np.stack([t[k] for t in per_seed]) for k in per_seed[0]}
 
 
 def _mean_terms(terms: dict, seed: int) -> dict:
-  return {k: float(np.mean(v[seed])) for k, v in terms.items()}
+  """An epoch's loss terms of one seed, means over its steps; JoMoLD's drop counts are sums
+  over the epoch, with their precision and recall (%) where the split has truth."""
+  out = {k: float(np.sum(v[seed]) if k.startswith('drops/') else np.mean(v[seed]))
+         for k, v in terms.items()}
+  for m in ('audio', 'visual'):  # (Left out where undefined: no drop, nothing absent.)
+    right = out.get(f'drops/{m}_right')
+    if right is not None and out[f'drops/{m}']:
+      out[f'drops/{m}_precision'] = 100 * right / out[f'drops/{m}']
+    if right is not None and out[f'drops/{m}_absent']:
+      out[f'drops/{m}_recall'] = 100 * right / out[f'drops/{m}_absent']
+  return out
+
+
+def format_drops(record) -> str:
+  """JoMoLD's drops of one epoch record: 'epoch 3: audio 120 dropped (precision 71.0 %,
+  recall 40.2 %); visual ...'."""
+  def one(m):
+    t = record.train
+    text = f'{m} {t[f"drops/{m}"]:.0f} dropped'
+    if f'drops/{m}_absent' in t:
+      fmt = lambda v: 'n/a' if v is None else f'{v:.1f} %'
+      text += (f' (precision {fmt(t.get(f"drops/{m}_precision"))}, recall '
+               f'{fmt(t.get(f"drops/{m}_recall"))} of {t[f"drops/{m}_absent"]:.0f} labels '
+               f'truly absent)')
+    return text
+  return f'epoch {record.epoch}: {one("audio")}; {one("visual")}'
+
 
 
 def _check_finite(terms: dict, stage: str, epoch: int, seeds: list[int], last_good: str) -> None:
@@ -113,17 +159,18 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
     return report
   seeds = seed_list(config)
   targets = stage_targets(config, workdir, stage, splits['train'], len(seeds))
-  tc, protocol = config.train, train.eval_protocol(config)
-  model = HAN.from_config(config.model)
+  tc, protocol, loss = config.train, train.eval_protocol(config), stage_loss(config, stage)
+  model = HAN.from_config(config.model, stage)
   mesh = placement.make_mesh(len(seeds))
+  data = train.device_arrays(splits['train'], targets, mesh, seeds=True, truth=bool(
+      loss.get('denoise', False) and splits['train'].gt_a is not None))
   schedule, tx, train_steps = train.make_training(
-      model, ml_collections.FrozenConfigDict(tc), ml_collections.FrozenConfigDict(config.loss),
-      len(splits['train']), mesh, seeds=True, target_keys=tuple(targets))
+      model, ml_collections.FrozenConfigDict(tc), loss, len(splits['train']), mesh,
+      seeds=True, data_keys=tuple(data))
   init_rngs, train_rngs = zip(*(jax.random.split(
       train.stage_rng(seed, wd.TRAINING_STAGES.index(stage))) for seed in seeds))
   state = jax.device_put(train.create_train_states(model, tx, init_rngs),
                          placement.stacked(mesh))
-  data = train.device_arrays(splits['train'], targets, mesh, seeds=True)
 
   with checkpoints.StageCheckpoints(workdir, stage) as ckpt:
     meta = {'epoch': 0, 'best_val': [-1.0] * len(seeds), 'best_epoch': [0] * len(seeds),
@@ -170,6 +217,10 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
         meta['epoch'] = epoch
         ckpt.save(epoch, state, meta)
 
+  last = [r for r in logs.read_metrics(workdir) if r.stage == stage and r.epoch == tc.epochs]
+  if loss.get('denoise', False):
+    for record in last:
+      print(f'[{stage}] denoising, seed {record.seed}, ' + format_drops(record), flush=True)
   if protocol.model == 'best_val':
     tested, epoch = best, list(meta['best_epoch'])
     detail = (f'best val {protocol.val_metric} ({"last" if protocol.val_ties == "last" else "first"}'
@@ -194,6 +245,42 @@ def _better(value: float, best: float, ties: str) -> bool:
   return value >= best if ties == 'last' else value > best
 
 
+def noise_ratio_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
+  """JoMoLD's stage 2: each seed's noise ratios (25,) per modality from its frozen noise
+  estimator (stage 1's model, `config.train.base_selection`) on the train split, saved in the
+  workdir; or found there. Returns the statistics: the mean ratio per modality and, where
+  the split has truth, the share of labels truly absent from that modality."""
+  done = checkpoints.load_refined(workdir)
+  if done is not None:
+    print(f'[noise ratios] found in {wd.refine_dir(workdir)}, not redone', flush=True)
+    return done['stats']
+  base = checkpoints.restore_params(workdir, 'base', config.train.base_selection)
+  seeds, split, dc = seed_list(config), splits['train'], config.denoise
+  out = train.predict(HAN.from_config(config.model, 'base'), base.params, split,
+                      config.train.eval_batch_size, seeds=True)
+  y = train.targets_from_labels(split.labels, config.loss, audio_drop_clears_global=False)
+  ratios = [denoise.noise_ratios(out['a_prob'][s], out['v_prob'][s], y['y_a'], y['y_v'],
+                                 split.labels, a_thres=dc.a_thres, v_thres=dc.v_thres)
+            for s in range(len(seeds))]
+  labelled = split.labels > 0
+  per_seed = []
+  for seed, r in zip(seeds, ratios):
+    stats = {f'{m}/mean_ratio': float(r[m].mean()) for m in ('audio', 'visual')}
+    if split.gt_a is not None:
+      for m, gt in (('audio', split.gt_a), ('visual', split.gt_v)):
+        stats[f'{m}/truly_absent'] = float((labelled & ~gt.any(-1)).sum() / labelled.sum())
+    per_seed.append(stats)
+    print((f'seed {seed}: ' if len(seeds) > 1 else '') + 'noise ratios, mean over classes: ' +
+          '; '.join(f'{m} {stats[f"{m}/mean_ratio"]:.3f}' + (
+              f' (labels truly absent from the {m}: {stats[f"{m}/truly_absent"]:.3f})'
+              if f'{m}/truly_absent' in stats else '') for m in ('audio', 'visual')),
+          flush=True)
+  targets = {f'noise_{m[0]}': np.stack([r[m] for r in ratios]) for m in ('audio', 'visual')}
+  stats = {k: float(np.mean([p[k] for p in per_seed])) for k in per_seed[0]}
+  checkpoints.save_refined(workdir, targets, {**stats, 'seeds': seeds, 'per_seed': per_seed})
+  return stats
+
+
 def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
   """Stage 2: refined targets on the train split, one set per seed, from the frozen base
   models (the last or the best-val epoch, `config.train.base_selection`), saved in the
@@ -205,7 +292,7 @@ def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
   base = checkpoints.restore_params(workdir, 'base', config.train.base_selection)
   seeds = seed_list(config)
   targets, stats = refine.refine_targets(
-      HAN.from_config(config.model), base.params, splits['train'], config.refine, seeds=seeds,
+      HAN.from_config(config.model, 'base'), base.params, splits['train'], config.refine, seeds=seeds,
       eval_batch_size=config.train.eval_batch_size)
   for seed, seed_stats in zip(seeds, stats['per_seed']):
     print((f'seed {seed}: ' if len(seeds) > 1 else '') + refine.format_stats(seed_stats))

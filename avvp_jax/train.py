@@ -24,13 +24,19 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from avvp_jax import losses, metrics, placement
+from avvp_jax import denoise, losses, metrics, placement
 from avvp_jax.data import Split
 from avvp_jax.data.classes import NUM_SEGMENTS
 from avvp_jax.models import HAN
 
 INPUTS = ('audio', 'video_2d', 'video_3d')
 TARGETS = ('y_global', 'y_a', 'y_v')
+# Targets of a whole model rather than of a clip: not gathered into batches (JoMoLD's noise
+# ratios, (25,) per model).
+MODEL_TARGETS = ('noise_a', 'noise_v')
+# Whether a labelled event is truly heard / seen in the clip, (N, 25) bool, where the split
+# has dense truth: only to score JoMoLD's drops during training.
+TRUTH = ('truth_a', 'truth_v')
 
 
 @flax.struct.dataclass
@@ -146,28 +152,56 @@ def train_state(params, tx: optax.GradientTransformation) -> TrainState:
 
 
 def device_arrays(split: Split, targets: dict[str, np.ndarray], mesh: Mesh,
-                  seeds: bool = False) -> dict:
+                  seeds: bool = False, truth: bool = False) -> dict:
   """The split's model inputs and training targets on the mesh.
 
   Returns {'audio': (N, T, 128), 'video_2d': (N, T, 2048), 'video_3d': (N, T, 512), and the
   targets, e.g. 'y_global' | 'y_a' | 'y_v': (N, 25)}, replicated. With `seeds`, the targets
   are those of S models, (S, N, ...), sharded over the `seed` axis.
   """
-  inputs = jax.device_put({k: getattr(split, k) for k in INPUTS}, placement.replicated(mesh))
+  inputs = {k: getattr(split, k) for k in INPUTS}
+  if truth:  # TRUTH: (N, 25), whether each class is heard / seen anywhere in the clip.
+    inputs.update(truth_a=split.gt_a.any(-1), truth_v=split.gt_v.any(-1))
+  inputs = jax.device_put(inputs, placement.replicated(mesh))
   return {**inputs, **jax.device_put(targets, placement.params_sharding(mesh, seeds))}
 
 
 def loss_fn(params, model: HAN, loss_config, batch: dict, rng) -> tuple[jax.Array, dict]:
-  """`losses.total_loss` of the model on a batch of B clips (inputs and targets), train mode."""
-  out = model.apply({'params': params}, *(batch[k] for k in INPUTS), train=True,
-                    rngs={'dropout': rng})
-  return losses.total_loss(out, batch, loss_config)
+  """`losses.total_loss` of the model on a batch of B clips (inputs and targets), train mode.
+
+  With `loss_config.denoise` (JoMoLD's stage 3), the targets are first denoised: the same
+  model, in train mode but without cross-modal attention and without gradient, rates the
+  batch, and `denoise.batch_drops` zeroes the flagged labels at the noise ratios times
+  `batch['warmup']`. Its counts of drops (and, with truth, of right drops and of labels
+  truly absent) join the terms.
+  """
+  apply = lambda key, **kw: model.apply({'params': params}, *(batch[k] for k in INPUTS),
+                                        train=True, rngs={'dropout': key}, **kw)
+  if not loss_config.get('denoise', False):
+    return losses.total_loss(apply(rng), batch, loss_config)
+  rate_rng, rng = jax.random.split(rng)
+  rated = jax.lax.stop_gradient(apply(rate_rng, cross_modal=False))
+  per_element = lambda p, y: -(y * jnp.log(p) + (1 - y) * jnp.log1p(-p))
+  clip = lambda p: jnp.clip(p, loss_config.clip, 1.0 - loss_config.clip)
+  y_a, y_v = batch['y_a'], batch['y_v']
+  drop_a, drop_v = denoise.batch_drops(
+      per_element(clip(rated['a_prob']), y_a), per_element(clip(rated['v_prob']), y_v), y_a,
+      y_v, batch['noise_a'] * batch['warmup'], batch['noise_v'] * batch['warmup'])
+  targets = {**batch, 'y_a': jnp.where(drop_a, 0.0, y_a), 'y_v': jnp.where(drop_v, 0.0, y_v)}
+  total, terms = losses.total_loss(apply(rng), targets, loss_config)
+  for m, drop, y in (('audio', drop_a, y_a), ('visual', drop_v, y_v)):
+    terms[f'drops/{m}'] = drop.sum().astype(jnp.float32)
+    if f'truth_{m[0]}' in batch:
+      absent = (y > 0.5) & ~batch[f'truth_{m[0]}']
+      terms[f'drops/{m}_right'] = (drop & absent).sum().astype(jnp.float32)
+      terms[f'drops/{m}_absent'] = absent.sum().astype(jnp.float32)
+  return total, terms
 
 
 @functools.lru_cache
 def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
                   loss_config: ml_collections.FrozenConfigDict, num_clips: int, mesh: Mesh,
-                  seeds: bool = False, target_keys: tuple[str, ...] = TARGETS):
+                  seeds: bool = False, data_keys: tuple[str, ...] = INPUTS + TARGETS):
   """Returns (schedule, tx, train_steps) with jitted
   `train_steps(state, data, idx, rng, first, num_steps) -> (state, terms)`.
 
@@ -182,15 +216,25 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
 
   With `seeds`, it trains M independent models in one program, vmapped (`over_seeds`) over a
   leading axis of M on the state, `idx` (M, S, B), `rng` (M,) and the targets of `data`
-  (`target_keys`, each (M, N, ...)); the inputs are shared. `terms` are then (M, S).
+  (each (M, N, ...) or (M, 25)); the inputs and truth are shared; `data_keys` names the
+  arrays of `data`. `terms` are then (M, S).
   """
   schedule = make_schedule(train_config, num_clips)
   tx = make_optimizer(train_config, schedule)
   batch_sharding = placement.batched(mesh)
+  warmup = jnp.asarray(denoise.warmup_factors(
+      train_config.epochs, steps_per_epoch(num_clips, train_config.batch_size),
+      loss_config.warmup_epochs) if loss_config.get('denoise', False) else np.ones(1))
+
+  def gather(data: dict, idx: jax.Array, step) -> dict:
+    per_clip = {k: v for k, v in data.items() if k not in MODEL_TARGETS}
+    batch = jax.lax.with_sharding_constraint(jax.tree.map(lambda x: x[idx], per_clip),
+                                             batch_sharding)
+    return {**batch, **{k: data[k] for k in MODEL_TARGETS if k in data},
+            'warmup': warmup[jnp.minimum(step, len(warmup) - 1)]}
 
   def train_step(state: TrainState, data: dict, idx: jax.Array, rng) -> tuple[TrainState, dict]:
-    batch = jax.lax.with_sharding_constraint(
-        jax.tree.map(lambda x: x[idx], data), batch_sharding)
+    batch = gather(data, idx, state.step)
     grads, terms = jax.grad(loss_fn, has_aux=True)(state.params, model, loss_config, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -198,10 +242,9 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
 
   def train_steps(state: TrainState, data: dict, idx: jax.Array, rng, first,
                   num_steps) -> tuple[TrainState, dict]:
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(idx.shape[1:] + x.shape[1:], x.dtype),
-                         data)
     no_terms = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), jax.eval_shape(
-        lambda p, b: loss_fn(p, model, loss_config, b, rng)[1], state.params, batch))
+        lambda p: loss_fn(p, model, loss_config, gather(data, idx[0], state.step), rng)[1],
+        state.params))
 
     def body(state, row):
       step, batch_idx = row
@@ -214,7 +257,7 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
 
   if not seeds:
     return schedule, tx, jax.jit(train_steps, donate_argnums=0)
-  data_axes = {**{k: None for k in INPUTS}, **{k: 0 for k in target_keys}}
+  data_axes = {k: None if k in INPUTS + TRUTH else 0 for k in data_keys}
   return schedule, tx, jax.jit(over_seeds(train_steps, (0, data_axes, 0, 0, None, None)),
                                donate_argnums=0)
 

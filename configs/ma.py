@@ -94,8 +94,11 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   config.model.video_2d_dim = 2048
   config.model.video_3d_dim = 512
   config.model.dtype = 'float32'  # 'bfloat16': bf16 compute, float32 parameters.
+  config.model.visual_dropout = 0.0  # On the visual stream before the heads (JoMoLD: 0.5).
+  config.model.sequential = False  # VALOR's encoder order (configs/valor.py).
 
   config.loss = ml_collections.ConfigDict()
+  config.loss.kind = 'mil'  # 'pseudo_labels': VALOR's (configs/valor.py).
   config.loss.clip = 1e-7
   config.loss.visual_label_smoothing = 0.1  # y_v = 0.9 y + 0.05.
   config.loss.contrastive = contrastive
@@ -106,6 +109,9 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.epochs = epochs
   config.train.batch_size = 16
+  config.train.optimizer = 'adam'  # Or 'adamw' (with b1, weight_decay; VALOR).
+  config.train.grad_norm = 0.0  # Clip gradients to this global norm; 0: no clipping.
+  config.train.schedule = 'step'  # Or 'warmup_cosine' (VALOR).
   config.train.lr = 3e-4
   config.train.lr_decay_every = lr_decay_every  # epochs
   config.train.lr_decay = 0.1
@@ -116,6 +122,18 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   # (highest validation Type@AV, guards against an over-fitted base; METHOD.md 4b).
   config.train.base_selection = 'last'
   config.train.eval_batch_size = 256
+
+  # The evaluation protocol (METHOD.md section 5) and model selection, per method.
+  config.eval = ml_collections.ConfigDict()
+  # Segments of a modality count where its clip-level probability passes 0.5: 'modality'
+  # (a_prob, v_prob; MA, JoMoLD) or 'global' (global_prob for both; VALOR).
+  config.eval.clip_filter = 'modality'
+  # Which epoch of a training stage its test report scores: 'last' (MA) or 'best_val'.
+  config.eval.model = 'last'
+  # What the best-val checkpoint is chosen by, and which of equal values wins ('first':
+  # strictly greater, 'last': greater or equal).
+  config.eval.val_metric = 'segment/type'
+  config.eval.val_ties = 'first'
 
   config.refine = ml_collections.ConfigDict()
   config.refine.enabled = refine

@@ -70,7 +70,6 @@ def main(argv):
     score_predictions(config, split, split_name, os.path.abspath(_PREDICTIONS.value))
     return
   data_name = describe(config.data)
-  model = HAN.from_config(config.model)
   found = False
   for stage in wd.TRAINING_STAGES:
     if checkpoints.checkpoint_epoch(workdir, stage, which) is None:
@@ -78,8 +77,8 @@ def main(argv):
     found = True
     checkpoint = checkpoints.restore_params(workdir, stage, which)
     stage_seeds = seeds.checkpoint_seeds(config, checkpoint)
-    evaluations = train.evaluate_split(model, checkpoint.params, split,
-                                       config.train.eval_batch_size, seeds=True,
+    evaluations = train.evaluate_split(HAN.from_config(config.model, stage), checkpoint.params,
+                                       split, config.train.eval_batch_size, seeds=True,
                                        clip_filter=train.eval_protocol(config).clip_filter)
     summary = metrics.summarise_seeds(evaluations)
     print(metrics.format_results(metrics.table_title(

@@ -46,22 +46,31 @@ _OUT = flags.DEFINE_string('out', None, 'Where the files go.')
 flags.mark_flags_as_mutual_exclusive(['workdir', 'checkpoint'], required=True)
 
 
+def _stage_of(path: str) -> str | None:
+  """The training stage whose folder holds `path`, if it is inside a workdir."""
+  try:
+    parts = os.path.relpath(path, wd.workdir_of(path)).split(os.sep)
+  except FileNotFoundError:
+    return None
+  return parts[0] if parts[0] in wd.TRAINING_STAGES else None
+
+
 def _model_source():
-  """(config, checkpoint, where the checkpoint is, default output folder)."""
+  """(config, checkpoint, where the checkpoint is, default output folder, its stage)."""
   if _CHECKPOINT.value:
     if not _OUT.value:
       raise app.UsageError('With --checkpoint, say where the events go: --out=DIR.')
     path = os.path.abspath(_CHECKPOINT.value)
     checkpoint = checkpoints.restore_checkpoint(path)
     config = _CONFIG.value or wd.load_config(wd.workdir_of(path))
-    return config, checkpoint, path, None
+    return config, checkpoint, path, None, _stage_of(path)
   if _CONFIG.value:
     raise app.UsageError("--config goes with --checkpoint; a workdir's model is its own.")
   workdir = os.path.abspath(_WORKDIR.value)
   config = wd.load_config(workdir)
   checkpoint = checkpoints.restore_params(workdir, _STAGE.value, _MODEL.value)
   return (config, checkpoint, wd.checkpoint_dir(workdir, _STAGE.value, _MODEL.value),
-          wd.stage_paths(workdir, _STAGE.value)['dir'])
+          wd.stage_paths(workdir, _STAGE.value)['dir'], _STAGE.value)
 
 
 def main(argv):
@@ -69,8 +78,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   try:
-    config, ckpt, checkpoint, default_out = _model_source()
-    model, params, seed = seeds.one_seed(config, ckpt, _SEED.value, checkpoint)
+    config, ckpt, checkpoint, default_out, stage = _model_source()
+    model, params, seed = seeds.one_seed(config, ckpt, _SEED.value, checkpoint, stage)
     epoch = ckpt.epoch
   except (FileNotFoundError, ValueError) as e:  # No such checkpoint, seed or model.
     raise SystemExit(f'parse.py: {e}') from None

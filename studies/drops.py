@@ -57,7 +57,8 @@ def seed_table(config, workdir: str, seed: int) -> tuple[str, dict]:
   if not train_split.has_dense_truth:
     raise SystemExit('The train split has no dense truth: this needs the built-in data.')
   base = checkpoints.restore_params(workdir, 'base', config.train.base_selection)
-  model, params, seed = seeds.one_seed(config, base, seed, wd.checkpoint_dir(workdir, 'base'))
+  model, params, seed = seeds.one_seed(config, base, seed, wd.checkpoint_dir(workdir, 'base'),
+                                     'base')
   refined = checkpoints.load_refined(workdir)
   s, _ = seeds.seed_index(refined['stats']['seeds'], seed, wd.refine_dir(workdir))
   orig = train.predict(model, params, train_split, config.train.eval_batch_size)

@@ -239,3 +239,40 @@ def test_bce_with_logits_stays_finite_where_the_sigmoid_saturates():
   want = np.mean([200.0, 30.0, np.log(2.0), 30.0, 200.0])
   np.testing.assert_allclose(value, want, rtol=1e-5)
   assert np.isfinite(jax.grad(lambda x: losses.bce_with_logits(x, z))(x)).all()
+
+
+def test_smoothed_nce_is_jomolds_log_of_the_target_mass_not_the_cross_entropy():
+  """-log sum_t' q[t'] softmax(z_a[t] . z_v[t'] / tau), as JoMoLD's LabelSmoothingNCELoss;
+  differs from `contrastive_loss` (sum q log p) on the same inputs."""
+  rng = np.random.default_rng(3)
+  h_a = rng.normal(size=(2, 10, 8))
+  h_v = rng.normal(size=(2, 10, 8))
+  z_a = h_a / np.linalg.norm(h_a, axis=-1, keepdims=True)
+  z_v = h_v / np.linalg.norm(h_v, axis=-1, keepdims=True)
+  logits = np.einsum('btd,bsd->bts', z_a, z_v) / 0.2
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  q = np.full((10, 10), 0.1 / 9) + np.eye(10) * (0.9 - 0.1 / 9)
+  want = -np.mean(np.log((q * p).sum(-1)))
+  got = losses.smoothed_nce_loss(jnp.asarray(h_a, jnp.float32), jnp.asarray(h_v, jnp.float32))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert abs(float(losses.contrastive_loss(h_a, h_v)) - want) > 1e-2
+
+
+def test_jomold_loss_weighs_its_four_terms():
+  rng = np.random.default_rng(4)
+  out = {k: rng.uniform(0.01, 0.99, (4, 25)).astype(np.float32)
+         for k in ('global_prob', 'a_prob', 'v_prob')}
+  out.update(h_a=rng.normal(size=(4, 10, 8)).astype(np.float32),
+             h_v=rng.normal(size=(4, 10, 8)).astype(np.float32))
+  y = (rng.uniform(size=(4, 25)) < 0.3).astype(np.float32)
+  targets = {'y_global': y, 'y_a': y, 'y_v': 0.9 * y + 0.05}
+  config = {'clip': 1e-7, 'tau': 0.2, 'nce_smoothing': 0.1, 'audio_weight': 2.0,
+            'visual_weight': 1.0, 'video_weight': 0.5, 'nce_weight': 3.0, 'kind': 'jomold'}
+  import ml_collections
+  total, terms = losses.total_loss(out, targets, ml_collections.ConfigDict(config))
+  want = (2.0 * np_bce(out['a_prob'], y) + np_bce(out['v_prob'], 0.9 * y + 0.05)
+          + 0.5 * np_bce(out['global_prob'], y)
+          + 3.0 * float(losses.smoothed_nce_loss(out['h_a'], out['h_v'])))
+  np.testing.assert_allclose(total, want, rtol=1e-5)
+  np.testing.assert_allclose(terms['total'], want, rtol=1e-5)

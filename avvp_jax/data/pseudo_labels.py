@@ -116,3 +116,12 @@ def quality(pseudo: dict[str, np.ndarray], split: Split) -> dict[str, float]:
     out[f'{m}/precision'] = 100 * tp / max(float(pred.sum()), 1.0)
     out[f'{m}/recall'] = 100 * tp / max(float(truth.sum()), 1.0)
   return out
+
+
+def format_quality(quality: dict[str, float]) -> str:
+  """'pseudo labels of the train split against its truth: audio precision 95.1 %, ...'."""
+  if not quality:
+    return 'pseudo labels: the train split has no truth to score them against'
+  return 'pseudo labels of the train split against its truth (segments): ' + '; '.join(
+      f'{m} precision {quality[f"{m}/precision"]:.1f} %, recall {quality[f"{m}/recall"]:.1f} %'
+      for m in MODALITIES)

@@ -277,11 +277,15 @@ class HAN(nn.Module):
   # The visual stream attends to the audio stream after the HAN layer instead of before
   # (VALOR's encoder: h_a = layer(a, v), then h_v = layer(v, h_a)).
   sequential: bool = False
+  # The default of __call__'s `cross_modal` (False: JoMoLD's noise estimator).
+  cross_modal: bool = True
 
   @classmethod
-  def from_config(cls, model_config) -> 'HAN':
-    """Builds the model from `config.model` (configs/ma.py)."""
+  def from_config(cls, model_config, stage: str | None = None) -> 'HAN':
+    """Builds the model from `config.model` (configs/ma.py); that of a training `stage`
+    leaves cross-modal attention out where `model_config.unimodal_stages` names it."""
     return cls(
+        cross_modal=stage not in model_config.get('unimodal_stages', ()),
         d_model=model_config.d_model,
         num_heads=model_config.num_heads,
         ffn_dim=model_config.ffn_dim,
@@ -296,7 +300,7 @@ class HAN(nn.Module):
 
   @nn.compact
   def __call__(self, audio, video_2d, video_3d, *, train: bool,
-               cross_modal: bool = True) -> dict:
+               cross_modal: bool | None = None) -> dict:
     """Forward pass; audio and visual may come from different clips.
 
     Args:
@@ -306,7 +310,7 @@ class HAN(nn.Module):
       video_3d: (B, T, video_3d_dim) R(2+1)D features.
       train: enables dropout (rng collection 'dropout').
       cross_modal: False leaves the HAN layer's cross-modal attention out (JoMoLD's
-        noise estimator and its per-batch denoising forward).
+        noise estimator and its per-batch denoising forward); None: `self.cross_modal`.
 
     Returns:
       dict of float32 arrays: global_prob, a_prob, v_prob (B, C); frame_logits,
@@ -316,6 +320,7 @@ class HAN(nn.Module):
     """
     dtype = jnp.dtype(self.dtype)
     d = self.d_model
+    cross_modal = self.cross_modal if cross_modal is None else cross_modal
     video_2d = _segment_mean(video_2d, audio.shape[-2])
 
     a = _linear(d, self.audio_dim, dtype, 'fc_a')(audio)
