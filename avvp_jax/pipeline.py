@@ -34,7 +34,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.plots:
       plots.plot_run(config, workdir, splits)
   if 'final' in out:
+    what = ('the denoised model gained over the noise estimator'
+            if config.loss.get('kind') == 'jomold' else 'the refinement gained')
     print(metrics.format_gains(out['base'], out['final'], title=(
-        f'{config.name}: what the refinement gained on {describe(config.data)}, stage 3 - '
+        f'{config.name}: what {what} on {describe(config.data)}, stage 3 - '
         'stage 1 (test, points of F')))
   return out

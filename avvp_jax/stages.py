@@ -223,8 +223,9 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
       print(f'[{stage}] denoising, seed {record.seed}, ' + format_drops(record), flush=True)
   if protocol.model == 'best_val':
     tested, epoch = best, list(meta['best_epoch'])
-    detail = (f'best val {protocol.val_metric} ({"last" if protocol.val_ties == "last" else "first"}'
-              f' of ties), epoch {epoch[0] if len(epoch) == 1 else epoch}')
+    ties = 'last' if protocol.val_ties == 'last' else 'first'
+    detail = (f'best val {protocol.val_metric} ({ties} of ties), epoch '
+              f'{epoch[0] if len(epoch) == 1 else epoch}')
   else:
     tested, epoch, detail = state.params, tc.epochs, f'epoch {tc.epochs}'
   tests = train.evaluate_split(model, tested, splits['test'], tc.eval_batch_size, seeds=True,
@@ -292,8 +293,8 @@ def refine_stage(config, workdir: str, splits: dict[str, Split]) -> dict:
   base = checkpoints.restore_params(workdir, 'base', config.train.base_selection)
   seeds = seed_list(config)
   targets, stats = refine.refine_targets(
-      HAN.from_config(config.model, 'base'), base.params, splits['train'], config.refine, seeds=seeds,
-      eval_batch_size=config.train.eval_batch_size)
+      HAN.from_config(config.model, 'base'), base.params, splits['train'], config.refine,
+      seeds=seeds, eval_batch_size=config.train.eval_batch_size)
   for seed, seed_stats in zip(seeds, stats['per_seed']):
     print((f'seed {seed}: ' if len(seeds) > 1 else '') + refine.format_stats(seed_stats))
   if len(seeds) > 1:

@@ -110,9 +110,18 @@ def test_relative_workdir(tmp_path, monkeypatch):
   assert (tmp_path / 'workdirs' / 'rel' / 'base' / 'report_test.json').exists()
 
 
-def _main_command(workdir, *extra):
-  overrides = [f'--config.{k}={v}' for k, v in TINY.items()]
-  return [sys.executable, str(ROOT / 'launch' / 'main.py'), '--config=configs/ma.py',
+# The tiny settings of the other methods' configs (VALOR's schedule has no lr steps).
+TINY_OF = {
+    'configs/ma.py': TINY,
+    'configs/jomold.py': TINY,
+    'configs/valor.py': {**{k: v for k, v in TINY.items() if k != 'train.lr_decay_every'},
+                         'train.warmup_epochs': 1},
+}
+
+
+def _main_command(workdir, *extra, config='configs/ma.py'):
+  overrides = [f'--config.{k}={v}' for k, v in TINY_OF[config.split(':')[0]].items()]
+  return [sys.executable, str(ROOT / 'launch' / 'main.py'), f'--config={config}',
           f'--workdir={workdir}', *overrides, *extra]
 
 
@@ -186,9 +195,12 @@ def _assert_same_run(workdir, straight):
                  for w in (workdir, straight))
     np.testing.assert_equal(got, want, err_msg=stage)
   refined = [checkpoints.load_refined(w) for w in (workdir, straight)]
-  for key in ('drop_a', 'drop_v', 'partners', 'stats'):
+  assert (refined[0] is None) == (refined[1] is None)
+  for key in refined[1] or ():  # MA's drops and partners, JoMoLD's noise ratios; stats.
     np.testing.assert_equal(refined[0][key], refined[1][key], err_msg=key)
   for stage in wd.TRAINING_STAGES:  # Every seed's best-val model, kept across the kills.
+    if checkpoints.checkpoint_epoch(straight, stage, 'best_val') is None:
+      continue
     best = [checkpoints.restore_params(w, stage, 'best_val') for w in (workdir, straight)]
     assert best[0][1] == best[1][1], stage
     np.testing.assert_equal(*(jax.tree.map(np.asarray, b[0]) for b in best), err_msg=stage)
@@ -211,14 +223,14 @@ def test_a_killed_run_of_four_seeds_resumes_to_the_same_result(tmp_path, seed_ru
   _assert_same_run(killed, four)
 
 
-def kill_at_random(workdir, env, kills, *extra):
+def kill_at_random(workdir, env, kills, *extra, config='configs/ma.py'):
   """Starts the main command on `workdir` once per (records, seconds) of `kills`, SIGKILLing
   it `seconds` after metrics.jsonl holds that many records (so that the kills land at random
   moments spread over the stages, checkpoint saves and stage 2 included), then runs it to
   the end. Returns what each kill left: (metrics records, refined labels saved)."""
   hit = []
   for target, delay in kills:
-    proc = subprocess.Popen(_main_command(workdir, *extra), cwd=ROOT, env=env,
+    proc = subprocess.Popen(_main_command(workdir, *extra, config=config), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
       _wait_for_lock(workdir, proc)
@@ -232,7 +244,7 @@ def kill_at_random(workdir, env, kills, *extra):
       proc.wait()
     records_left = _records(workdir) if os.path.exists(path) else []
     hit.append((len(records_left), os.path.isdir(wd.refine_dir(workdir))))
-  subprocess.run(_main_command(workdir, *extra), cwd=ROOT, env=env, check=True,
+  subprocess.run(_main_command(workdir, *extra, config=config), cwd=ROOT, env=env, check=True,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   return hit
 
@@ -273,6 +285,29 @@ def test_a_killed_ensemble_run_resumes_to_the_same_result(tmp_path, straight_run
   per_seed = checkpoints.load_refined(straight)['stats']['per_seed']
   errors = [p['visual/train_error'] for p in per_seed]
   assert errors[0] == errors[1], 'both seeds rate the mean model: the ensemble was not used'
+
+
+@pytest.mark.parametrize('config, records', [('configs/jomold.py', 6),
+                                             ('configs/valor.py', 3)])
+def test_jomold_and_valor_killed_at_random_moments_resume_to_the_same_result(
+    tmp_path, straight_run, config, records):
+  """JoMoLD (3 stages, 6 epoch records) and VALOR (1 stage, 3): killed 0-0.3 s after one of
+  the first two records (the first, for VALOR), then 0-1.5 s after a later one but the last,
+  resumed: the uninterrupted run's reports, stage-2 output, best-val models and metrics
+  log."""
+  env = straight_run[1]
+  straight = str(tmp_path / 'straight')
+  subprocess.run(_main_command(straight, config=config), cwd=ROOT, env=env, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  assert len(_records(straight)) == records
+  seed = int.from_bytes(os.urandom(4), 'little')
+  rng = np.random.default_rng(seed)
+  first = int(rng.integers(1, min(3, records - 1)))
+  kills = [(first, rng.uniform(0, 0.3)), (int(rng.integers(first + 1, records)),
+                                          rng.uniform(0, 1.5))]
+  hit = kill_at_random(str(tmp_path / 'killed'), env, kills, config=config)
+  assert hit[0][0] < records, f'kills {kills} (seed {seed}) left (records, refined) {hit}'
+  _assert_same_run(str(tmp_path / 'killed'), straight)
 
 
 @pytest.fixture(scope='module')
@@ -418,8 +453,8 @@ def test_two_processes_give_the_numbers_of_one_process_with_four_devices(tmp_pat
 
 def test_two_processes_resume_after_one_of_them_is_killed(tmp_path, two_process_run):
   """Process 1 is SIGKILLed 0-1 s after epoch 2's records of stage 1 or of stage 3 (drawn),
-  so that the stage has saved epoch 1 and training collectives remain; process 0 ends by itself within 60 s, failing in a
-  collective on the dead peer (exit 1) or stopped by jax.distributed once the peer's
+  so that the stage has saved epoch 1 and training collectives remain; process 0 ends by
+  itself within 60 s, failing in a collective on the dead peer (exit 1) or stopped by jax.distributed once the peer's
   heartbeat is 20 s late (SIGABRT); then both are started again and finish what the
   uninterrupted two-process run computed."""
   workdir = str(tmp_path / 'killed')
