@@ -1,6 +1,8 @@
-"""Runs MA (or an ablation) end to end: base training, refinement, retraining.
+"""Runs a method end to end: MA (or an ablation) with base training, refinement and
+retraining; JoMoLD or VALOR with their own stages (docs/methods.md).
 
   python launch/main.py --config=configs/ma.py [--workdir=...] [--config.train.epochs=12 ...]
+  python launch/main.py --config=configs/jomold.py     (or configs/valor.py)
 
 On several hosts, start it once per host with the same flags and a shared workdir:
 `--distributed` on Cloud TPU, or under SLURM (`srun`, detected by itself), where JAX finds

@@ -23,7 +23,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from avvp_jax.data import annotations
+from avvp_jax.data import annotations, files
 from avvp_jax.data.classes import (AUDIO_DIM, FRAMES_PER_SEGMENT, NUM_CLASSES, NUM_SEGMENTS,
                                    VIDEO_2D_DIM, VIDEO_3D_DIM)
 from avvp_jax.data.split import Split
@@ -143,12 +143,7 @@ def read_dense_truth(csv_dir: str, names: list[str]) -> dict[str, np.ndarray]:
 
 def load_feature(path: str, clip: str, shape: tuple[int, ...]) -> np.ndarray:
   """Reads one feature file and checks it: float32 of `shape`, finite."""
-  if not os.path.exists(path):
-    raise FeatureError(f'{path}: feature file of clip {clip!r} not found.')
-  try:
-    x = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise FeatureError(f'{path}: clip {clip!r}: not a readable .npy array ({e}).') from e
+  x = files.read_npy(path, clip, FeatureError, 'feature')
   if x.shape != shape:
     raise FeatureError(f'{path}: clip {clip!r}: shape {x.shape}, expected {shape}.')
   if x.dtype != np.float32:

@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 
+from avvp_jax.data import files
 from avvp_jax.data.classes import NUM_CLASSES, NUM_SEGMENTS
 from avvp_jax.data.split import Split
 
@@ -32,12 +33,7 @@ class PseudoLabelError(ValueError):
 
 def load_file(path: str, clip: str, weak: np.ndarray) -> np.ndarray:
   """One clip's pseudo labels, float32 (10, 25), checked; `weak` (25,) its weak labels."""
-  if not os.path.exists(path):
-    raise PseudoLabelError(f'{path}: pseudo-label file of clip {clip!r} not found.')
-  try:
-    x = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise PseudoLabelError(f'{path}: clip {clip!r}: not a readable .npy array ({e}).') from e
+  x = files.read_npy(path, clip, PseudoLabelError, 'pseudo-label')
   shape = (NUM_SEGMENTS, NUM_CLASSES)
   if x.shape != shape:
     raise PseudoLabelError(f'{path}: clip {clip!r}: shape {x.shape}, expected {shape} '
