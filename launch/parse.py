@@ -34,9 +34,11 @@ _CHECKPOINT = flags.DEFINE_string(
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, "With --checkpoint: the model's config file, default the config.json of "
     'the workdir holding the checkpoint.')
-_STAGE = flags.DEFINE_enum('stage', 'final', list(wd.TRAINING_STAGES), 'Whose model.')
-_MODEL = flags.DEFINE_enum('model', 'last', list(wd.MODEL_SELECTIONS),
-                           'The last epoch, or the best on val Type@AV.')
+_STAGE = flags.DEFINE_enum('stage', None, list(wd.TRAINING_STAGES),
+                           "Whose model; default the run's last training stage.")
+_MODEL = flags.DEFINE_enum('model', None, list(wd.MODEL_SELECTIONS),
+                           "The last epoch, or the best on val by the method's metric; "
+                           "default the method's own (config.eval.model).")
 _SPLIT = flags.DEFINE_enum('split', 'test', ['train', 'val', 'test'],
                            "A split of the workdir's data source.")
 _FEATURES = flags.DEFINE_string('features', None,
@@ -68,9 +70,11 @@ def _model_source():
     raise app.UsageError("--config goes with --checkpoint; a workdir's model is its own.")
   workdir = os.path.abspath(_WORKDIR.value)
   config = wd.load_config(workdir)
-  checkpoint = checkpoints.restore_params(workdir, _STAGE.value, _MODEL.value)
-  return (config, checkpoint, wd.checkpoint_dir(workdir, _STAGE.value, _MODEL.value),
-          wd.stage_paths(workdir, _STAGE.value)['dir'], _STAGE.value)
+  stage = _STAGE.value or ('final' if config.refine.enabled else 'base')
+  which = _MODEL.value or train.eval_protocol(config).model
+  checkpoint = checkpoints.restore_params(workdir, stage, which)
+  return (config, checkpoint, wd.checkpoint_dir(workdir, stage, which),
+          wd.stage_paths(workdir, stage)['dir'], stage)
 
 
 def main(argv):
