@@ -71,7 +71,7 @@ def test_torch_han_computes_the_flax_function():
   t_loss = torch_han.total_loss(t_out, t_batch)
   t_loss.backward()
 
-  assert set(t_out) == set(OUTPUTS) and set(out) == set(OUTPUTS)
+  assert set(t_out) == set(OUTPUTS) and set(OUTPUTS) <= set(out)  # (Flax adds VALOR's, JoMoLD's.)
   for k in OUTPUTS:
     np.testing.assert_allclose(t_out[k].detach().numpy(), out[k], rtol=1e-4, atol=1e-5,
                                err_msg=k)
