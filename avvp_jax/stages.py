@@ -55,7 +55,7 @@ def stage_loss(config, stage: str) -> ml_collections.FrozenConfigDict:
   says and denoises every batch."""
   loss = ml_collections.ConfigDict(config.loss.to_dict())
   if loss.kind == 'jomold':
-    loss.denoise = stage == 'final'
+    loss.denoise = stage == 'final' and config.denoise.enabled
     if stage == 'base':
       loss.update(audio_weight=1.0, visual_weight=1.0, video_weight=1.0, nce_weight=1.0)
   return ml_collections.FrozenConfigDict(loss)

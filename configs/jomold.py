@@ -70,7 +70,8 @@ def get_config(arg: str = ''):
       'audio_weight': 2.0, 'visual_weight': 1.0, 'video_weight': 1.0, 'nce_weight': 1.0,
       'warmup_epochs': 0.9})
 
-  config.denoise = ml_collections.ConfigDict({'a_thres': 0.6, 'v_thres': 1.8})
+  # enabled=False: stage 3 trains on the weak labels, dropping none (what denoising adds).
+  config.denoise = ml_collections.ConfigDict({'enabled': True, 'a_thres': 0.6, 'v_thres': 1.8})
 
   tc = config.train
   tc.epochs = epochs
