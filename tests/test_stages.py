@@ -78,7 +78,7 @@ def test_each_seeds_best_val_epoch_is_saved_and_feeds_the_refinement(tmp_path, m
   scores = iter([(40.0, 70.0), (60.0, 30.0), (50.0, 80.0)])
   evaluate_split = train.evaluate_split
 
-  def scripted_val(model, params, split, batch_size, seeds=False, clip_filter="modality"):
+  def scripted_val(model, params, split, batch_size, seeds=False, clip_filter='modality'):
     out = evaluate_split(model, params, split, batch_size, seeds, clip_filter)
     if split is splits['val']:
       for evaluation, score in zip(out, next(scores)):
