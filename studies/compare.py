@@ -16,7 +16,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top
@@ -54,10 +54,14 @@ def cleaning(workdir: str) -> str:
   if config.loss.get('kind') == 'jomold':
     last = max(r.epoch for r in logs.read_metrics(workdir) if r.stage == 'final')
     records = [r for r in logs.read_metrics(workdir) if r.stage == 'final' and r.epoch == last]
+    if 'drops/visual' not in records[0].train:
+      return 'none (denoising off)'
     for m in ('audio', 'visual'):
-      mean = lambda k: np.mean([r.train.get(f'drops/{m}{k}', math.nan) for r in records])
-      parts.append(f'{m}: {mean(""):.0f} dropped in epoch {last}, precision '
-                   f'{mean("_precision"):.1f}, recall {mean("_recall"):.1f}')
+      def mean(k):  # Over the seeds where it is defined (no drop: no precision).
+        values = [r.train[f'drops/{m}{k}'] for r in records if f'drops/{m}{k}' in r.train]
+        return f'{np.mean(values):.1f}' if values else 'n/a'
+      parts.append(f'{m}: {mean("")} dropped in epoch {last} (mean over seeds), precision '
+                   f'{mean("_precision")}, recall {mean("_recall")}')
   elif refined is not None:
     stats = refined['stats']
     for m in ('audio', 'visual'):
@@ -80,6 +84,7 @@ def beats(x: np.ndarray, y: np.ndarray) -> bool:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   found = {name: os.path.join(_ROOT.value, name) for name in METHODS
            if os.path.exists(os.path.join(_ROOT.value, name, wd.CONFIG_FILE))}
   found = {name: w for name, w in found.items() if tested_report(w) is not None}
