@@ -1,8 +1,10 @@
 """The studies' scripts: which runs a table needs, their training time, the regime table and
 figure (the runs themselves take an hour and are not run here)."""
 
+import numpy as np
+
 from avvp_jax import logs
-from studies import ablation, regime
+from studies import ablation, compare, regime
 
 
 def test_ablation_runs_each_shared_stage_1_first(monkeypatch):
@@ -56,3 +58,11 @@ def test_regime_figure_is_a_png_of_the_expected_size(tmp_path):
   assert data[:8] == b'\x89PNG\r\n\x1a\n'
   width, height = int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
   assert (width, height) == (1200, 850)
+
+
+def test_compare_judges_by_twice_the_standard_error_of_the_difference():
+  """The plan's rule: mean_x - mean_y > 2 sqrt((sd_x^2 + sd_y^2) / n)."""
+  x, y = np.array([80.0, 81.0, 82.0]), np.array([78.0, 79.0, 80.0])
+  # Difference 2.0; sd 0.816 each, so twice the standard error is 1.33.
+  assert compare.beats(x, y) and not compare.beats(y, x)
+  assert not compare.beats(x, y + 1.0)  # Difference 1.0 < 1.33: not told apart.
