@@ -29,10 +29,15 @@ def bce(prob, target, clip: float = 1e-7):
   Returns:
     Scalar loss.
   """
+  return jnp.mean(bce_elements(prob, target, clip))
+
+
+def bce_elements(prob, target, clip: float = 1e-7):
+  """`bce` before the mean: the binary cross-entropy of each element, same shape."""
   prob = _at_least_f32(prob)
   target = _at_least_f32(target)
   p = jnp.clip(prob, clip, 1.0 - clip)
-  return -jnp.mean(target * jnp.log(p) + (1.0 - target) * jnp.log1p(-p))
+  return -(target * jnp.log(p) + (1.0 - target) * jnp.log1p(-p))
 
 
 def bce_with_logits(logits, target):

@@ -217,14 +217,14 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
         meta['epoch'] = epoch
         ckpt.save(epoch, state, meta)
 
-  last = [r for r in logs.read_metrics(workdir) if r.stage == stage and r.epoch == tc.epochs]
   if loss.get('denoise', False):
-    for record in last:
+    for record in logs.read_metrics(workdir):
+      if record.stage != stage or record.epoch != tc.epochs:
+        continue
       print(f'[{stage}] denoising, seed {record.seed}, ' + format_drops(record), flush=True)
   if protocol.model == 'best_val':
     tested, epoch = best, list(meta['best_epoch'])
-    ties = 'last' if protocol.val_ties == 'last' else 'first'
-    detail = (f'best val {protocol.val_metric} ({ties} of ties), epoch '
+    detail = (f'best val {protocol.val_metric} ({protocol.val_ties} of ties), epoch '
               f'{epoch[0] if len(epoch) == 1 else epoch}')
   else:
     tested, epoch, detail = state.params, tc.epochs, f'epoch {tc.epochs}'

@@ -181,12 +181,11 @@ def loss_fn(params, model: HAN, loss_config, batch: dict, rng) -> tuple[jax.Arra
     return losses.total_loss(apply(rng), batch, loss_config)
   rate_rng, rng = jax.random.split(rng)
   rated = jax.lax.stop_gradient(apply(rate_rng, cross_modal=False))
-  per_element = lambda p, y: -(y * jnp.log(p) + (1 - y) * jnp.log1p(-p))
-  clip = lambda p: jnp.clip(p, loss_config.clip, 1.0 - loss_config.clip)
   y_a, y_v = batch['y_a'], batch['y_v']
   drop_a, drop_v = denoise.batch_drops(
-      per_element(clip(rated['a_prob']), y_a), per_element(clip(rated['v_prob']), y_v), y_a,
-      y_v, batch['noise_a'] * batch['warmup'], batch['noise_v'] * batch['warmup'])
+      losses.bce_elements(rated['a_prob'], y_a, loss_config.clip),
+      losses.bce_elements(rated['v_prob'], y_v, loss_config.clip), y_a, y_v,
+      batch['noise_a'] * batch['warmup'], batch['noise_v'] * batch['warmup'])
   targets = {**batch, 'y_a': jnp.where(drop_a, 0.0, y_a), 'y_v': jnp.where(drop_v, 0.0, y_v)}
   total, terms = losses.total_loss(apply(rng), targets, loss_config)
   for m, drop, y in (('audio', drop_a, y_a), ('visual', drop_v, y_v)):
