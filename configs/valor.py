@@ -26,10 +26,12 @@ Schedules: `builtin` (default): 24 epochs, 4 of warm-up (the official 60 and 10 
 Built-in data: the pseudo labels are simulated from its dense truth
 (`data.pseudo_labels.simulated`): restricted to the clip's weak labels, a truly active
 segment is missed with probability `<m>_miss`, an inactive segment of a labelled class is a
-false alarm with probability `<m>_false_alarm`. The defaults (audio 0.25 / 0.05, visual
-0.15 / 0.05) are a choice of this project: teachers that find most of a labelled event's
-segments and rarely fire where it is absent, the visual (CLIP) one better than the audio
-(CLAP) one; the run prints their precision and recall against the truth.
+false alarm with probability `<m>_false_alarm`. The defaults (miss / false alarm: audio
+0.25 / 0.07, visual 0.15 / 0.14) give, scored by the LLP protocol on the built-in test
+split, the segment-level F that UWAV (Lai et al., CVPR 2025, Table 3) reports for VALOR's
+CLAP and CLIP labels on LLP's test split: audio 80.5, visual 61.7. The miss rates are this
+project's choice; the false-alarm rates are solved for by studies/pseudo_rates.py. The run
+prints the labels' precision and recall against the truth.
 
 `refine`: MA's stage 2 on the stage-1 VALOR model (its best-val epoch), then a fresh VALOR
 model whose pseudo labels are zeroed for every (clip, class, modality) that the rule drops.
@@ -72,8 +74,8 @@ def get_config(arg: str = ''):
   config.data.pseudo_labels.audio = ''
   config.data.pseudo_labels.visual = ''
   config.data.pseudo_labels.simulated = ml_collections.ConfigDict({
-      'audio_miss': 0.25, 'audio_false_alarm': 0.05,
-      'visual_miss': 0.15, 'visual_false_alarm': 0.05})
+      'audio_miss': 0.25, 'audio_false_alarm': 0.07,
+      'visual_miss': 0.15, 'visual_false_alarm': 0.14})
 
   config.model.num_heads = 8
   config.model.ffn_dim = 1024
