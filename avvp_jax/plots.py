@@ -1,4 +1,5 @@
-"""Pictures of a run: segment timelines, refinement examples, per-class F, training curves.
+"""Pictures of a run: segment timelines (against the truth, or of parsed clips), refinement
+examples, per-class F, training curves.
 
 The figure functions take arrays or records and return a matplotlib `Figure` of a fixed size
 in pixels (`png` renders it); `plot_run` gathers their input from a workdir and writes them
@@ -13,7 +14,7 @@ import re
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
 from avvp_jax import checkpoints, logs, reports, seeds, train, workdir as wd
 from avvp_jax.data import Split
@@ -102,6 +103,43 @@ def timeline(name: str, preds: dict[str, dict[str, np.ndarray]], truth: dict[str
   fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.6 / fig.get_figheight(),
                       bottom=0.9 / fig.get_figheight(), wspace=0.08,
                       hspace=0.5 / (1 + 0.22 * len(classes)))
+  return fig
+
+
+def heard_and_seen(name: str, pred: dict[str, np.ndarray], prob: dict[str, np.ndarray],
+                   note: str = '') -> Figure:
+  """One clip's parsed events without truth: what is heard and what is seen per second.
+
+  Args:
+    name: the clip's name.
+    pred: {'audio', 'visual': bool (25, 10)} the events found.
+    prob: {'audio', 'visual': (25, 10)} their segment probabilities.
+    note: a line under the title (e.g. that the features came from random weights).
+  Returns:
+    A figure 10 inches wide, two panels (heard, seen) of the classes found in either
+    modality (the five most probable where none is found) by the 10 one-second segments:
+    each cell shaded by its probability, found cells outlined.
+  """
+  found = np.flatnonzero(pred['audio'].any(-1) | pred['visual'].any(-1))
+  if not len(found):
+    found = np.sort(np.argsort(-(prob['audio'] + prob['visual']).max(-1))[:5])
+  fig = Figure(figsize=(10, 1.8 + 0.3 * len(found)))
+  axes = fig.subplots(1, 2, squeeze=False)[0]
+  for ax, modality, verb in zip(axes, MODALITIES, ('heard', 'seen')):
+    image = ax.imshow(np.asarray(prob[modality])[found], cmap='Blues', vmin=0, vmax=1,
+                      aspect='auto', interpolation='nearest')
+    for row, col in zip(*np.nonzero(np.asarray(pred[modality])[found])):
+      ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor='#d7301f',
+                             linewidth=1.5))
+    ax.set_xticks(np.arange(NUM_SEGMENTS), [str(t) for t in range(NUM_SEGMENTS)], fontsize=7)
+    ax.set_yticks(np.arange(len(found)),
+                  [CLASSES[k] for k in found] if modality == 'audio' else [], fontsize=7)
+    ax.set_title(f'{verb} ({modality})', fontsize=9)
+    ax.set_xlabel('second', fontsize=8)
+  fig.colorbar(image, ax=axes, fraction=0.03, label='probability')
+  fig.suptitle(name + (f'\n{note}' if note else ''), fontsize=10 if not note else 8)
+  fig.subplots_adjust(left=0.2, right=0.88, top=1 - 0.7 / fig.get_figheight(),
+                      bottom=0.6 / fig.get_figheight(), wspace=0.08)
   return fig
 
 
