@@ -1,6 +1,6 @@
-"""The five benchmark sections: attention, train, refine, seeds, eval; each times the library
-against its yardstick (PyTorch, the matmul rate, K = 1, separate runs) and returns its rows
-and targets.
+"""The six benchmark sections: attention, train, refine, seeds, eval, extract; each times the
+library against its yardstick (PyTorch, the matmul rate, K = 1, separate runs) and returns
+its rows and targets.
 
 A section is a function of the run's context, a dict: 'sizes' (Sizes), 'config' (configs.ma)
 and 'torch_device'; it returns (rows, targets), as benchmarks.report builds them.
@@ -18,10 +18,11 @@ import optax
 import torch
 
 from avvp_jax import metrics, placement, refine, train
+from avvp_jax.extract import convert, extractor
 from avvp_jax.data import synthetic
 from avvp_jax.data.split import Split
 from avvp_jax.models import HAN, HybridAttentionLayer
-from benchmarks import flops, profiling, torch_han
+from benchmarks import flops, profiling, torch_extract, torch_han
 from benchmarks.report import format_profile, result_row, target
 from benchmarks.timing import (Timings, budgeted, interleaved, jax_call, matmul_probe,
                                products_probe, torch_call)
@@ -53,6 +54,11 @@ class Sizes:
   epoch_clips: int = LLP_TRAIN_CLIPS  # Clips of the training split.
   seeds: tuple[int, ...] = (1, 4, 8)  # Models trained in one program; 1 first.
   seeds_steps: int = 10  # Train steps (one call) per model in the seeds comparison.
+  # Feature extraction: inputs per call of VGGish (examples), ResNet-152 (frames) and
+  # R(2+1)D-18 (8-frame clips), 10 / 80 / 10 of them per video; and the image side of the
+  # ResNet-152 and R(2+1)D-18 inputs (224 and 112 in the release).
+  extract_inputs: tuple[int, int, int] = (10, 16, 2)
+  extract_sides: tuple[int, int] = (224, 112)
 
 
 PROFILES = {
@@ -62,7 +68,8 @@ PROFILES = {
                    refine_clips=16, refine_pairs_per_batch=16, partners=(1, 16),
                    eval_clips=48, eval_batch=16, matmul_size=256, budget_s=0.0, min_reps=2,
                    max_reps=2, slow_reps=1, loader_workers=0, profile_calls=0,
-                   epoch_clips=64, seeds=(1, 2), seeds_steps=2),
+                   epoch_clips=64, seeds=(1, 2), seeds_steps=2, extract_inputs=(2, 2, 1),
+                   extract_sides=(32, 16)),
     # About 5 minutes on 2 cores. DataLoader workers would compete with the compute threads.
     # 50 epoch steps: two calls of train_steps at the config's 25 steps per call.
     'cpu': Sizes(attention_batches=(16, 64, 256), step_batches=(BATCH, 256), epoch_steps=50,
@@ -76,7 +83,7 @@ PROFILES = {
                          refine_pairs_per_batch=1024, partners=(1, 4, 16), eval_clips=1200,
                          eval_batch=256, matmul_size=8192, budget_s=3.0, min_reps=10,
                          max_reps=500, slow_reps=3, loader_workers=4, profile_calls=10,
-                         seeds_steps=25),
+                         seeds_steps=25, extract_inputs=(80, 640, 80)),
 }
 
 
@@ -480,7 +487,41 @@ def bench_seeds(ctx: dict) -> tuple[list, list]:
                        {'separate_runs_ratio': t.ratio(('many', m), ('one', m))})]
 
 
+def bench_extract(ctx: dict) -> tuple[list, list]:
+  """The three feature networks on one call's inputs, Flax (jitted) against the PyTorch
+  references at the same random weights; throughput in videos (10 VGGish examples, 80
+  ResNet-152 frames, 10 R(2+1)D-18 clips each)."""
+  sizes, device = ctx['sizes'], ctx['torch_device']
+  side, clip_side = sizes.extract_sides
+  shapes = {'vggish': (1, 96, 64), 'res152': (3, side, side),
+            'r2plus1d_18': (3, 8, clip_side, clip_side)}  # One input, PyTorch's layout.
+  per_video = {'vggish': 10, 'res152': 80, 'r2plus1d_18': 10}
+  rng = np.random.default_rng(0)
+  rows = []
+  for (name, net), n in zip(extractor.NETWORKS.items(), sizes.extract_inputs):
+    model, weights = torch_extract.network(name)
+    model = model.to(device)
+    x = rng.standard_normal((n,) + shapes[name]).astype(np.float32)
+    x_torch = torch.from_numpy(x).to(device)
+    # Channels last; VGGish's examples have no channel axis in Flax.
+    x_jax = jnp.asarray(x[:, 0] if name == 'vggish' else np.moveaxis(x, 1, -1))
+    variables = jax.device_put(convert.torch_to_flax(weights))
+    apply = jax.jit(net.module.apply)
+
+    def reference():
+      with torch.no_grad():
+        model(x_torch)
+
+    t = interleaved({'jax': jax_call(lambda: apply(variables, x_jax)),
+                     'torch': torch_call(reference)}, sizes.slow_reps)
+    videos = n / per_video[name]
+    rows.append(result_row(
+        'extract', f'{name}, {n} inputs of {shapes[name]} ({videos:g} videos)',
+        jax_s=t['jax'], torch_s=t['torch'], speedup=t.ratio('torch', 'jax'), clips=videos,
+        note='clips/s: videos per second, this network alone'))
+  return rows, []
+
+
 BENCHES = {'attention': bench_attention, 'train': bench_train, 'refine': bench_refine,
-           'seeds': bench_seeds,
-           'eval': bench_eval}
+           'seeds': bench_seeds, 'eval': bench_eval, 'extract': bench_extract}
 

@@ -9,7 +9,7 @@ import pytest
 
 from avvp_jax.extract import convert, extractor
 
-torch_refs = pytest.importorskip('tests.torch_refs')
+torch_refs = pytest.importorskip('benchmarks.torch_extract')
 
 # name: one small input in PyTorch's layout, and the permutation to channels-last.
 INPUTS = {

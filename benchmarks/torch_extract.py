@@ -1,6 +1,7 @@
-"""The PyTorch reference networks of the extraction parity tests: torchvggish's VGGish and
-torchvision's resnet152 and r2plus1d_18, at random weights with random batch-norm
-statistics, in eval mode and without their classification heads.
+"""The PyTorch yardsticks of feature extraction: torchvggish's VGGish and torchvision's
+resnet152 and r2plus1d_18, at random weights with random batch-norm statistics, in eval
+mode and without their classification heads. The parity tests and the `extract` benchmark
+section use them.
 
 torchvision's wheel for this torch has no CPU build of its C++ operators, whose fake
 registrations fail at import; the models do not use them, so that module is stubbed out
