@@ -72,6 +72,8 @@ def samples_16k(decoded: np.ndarray) -> np.ndarray:
 def _audio(path: str, container, start: float) -> np.ndarray:
   """(S, 2) int16 at 44.1 kHz from `start` to the end of the stream."""
   stream = container.streams.audio[0]
+  # Decoded from the stream's start: after a seek, AAC's first frames decode slightly
+  # differently (up to 5e-4 of full scale here); audio decoding is cheap beside video's.
   resampler = av.AudioResampler(format='s16', layout='stereo', rate=DECODE_RATE)
   chunks, first = [], None
   for frame in container.decode(stream):
@@ -156,7 +158,8 @@ def _frames(path: str, container, start: float):
   durations = np.append(intervals, np.median(intervals) if len(intervals) else 1 / FPS)
   chosen = release_frames(times, durations)
   wanted = {int(pts[i]) for i in chosen}
-  container.seek(0)
+  # Decoding starts at the keyframe before the first frame wanted.
+  container.seek(int(pts[chosen].min()), stream=stream, backward=True)
   decoded = {}
   for frame in container.decode(stream):
     if frame.pts in wanted and frame.pts not in decoded:
