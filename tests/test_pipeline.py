@@ -526,11 +526,20 @@ def test_evaluate_entry_reproduces_the_stage_report_and_scores_the_best_val_mode
 GOLDEN = ROOT / 'tests' / 'golden' / 'tiny_run.json'
 
 
+SIMD_FLAGS = ('avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_bf16')
+
+
 def _machine() -> dict:
+  """The CPU's name and vector extensions (machines sold under one name, e.g. 'AMD EPYC',
+  round float sums differently when one has AVX-512 and the other not), and JAX's version."""
   with open('/proc/cpuinfo') as f:
-    cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
-               'unknown')
-  return {'cpu': cpu, 'jax': jax.__version__, 'jaxlib': jax.lib.__version__}
+    lines = f.read().splitlines()
+  field = lambda name: next((line.split(':', 1)[1].strip() for line in lines
+                             if line.startswith(name)), '')
+  flags = set(field('flags').split())
+  return {'cpu': field('model name') or 'unknown',
+          'simd': ' '.join(f for f in SIMD_FLAGS if f in flags),
+          'jax': jax.__version__, 'jaxlib': jax.lib.__version__}
 
 
 def _golden_numbers(workdir) -> dict:
