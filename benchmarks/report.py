@@ -29,6 +29,8 @@ TARGETS = {
                       ('cpu', 'gpu', 'tpu')),
     'refine_k16': ('stage 2 per clip: K = 16 vs K = 1', '< 16x', ('cpu', 'gpu', 'tpu')),
     'seeds_8': ('8 models in one program vs one model, wall time', '<= 2x', ('gpu', 'tpu')),
+    'phases_overhead': ('main command, cold cache: all but the training epochs', '<= 15 %',
+                        ('cpu', 'gpu', 'tpu')),
 }
 
 

@@ -1,6 +1,6 @@
-"""The six benchmark sections: attention, train, refine, seeds, eval, extract; each times the
-library against its yardstick (PyTorch, the matmul rate, K = 1, separate runs) and returns
-its rows and targets.
+"""The seven benchmark sections: attention, train, refine, seeds, eval, extract, phases; each
+times the library against its yardstick (PyTorch, the matmul rate, K = 1, separate runs, the
+whole run) and returns its rows and targets.
 
 A section is a function of the run's context, a dict: 'sizes' (Sizes), 'config' (configs.ma)
 and 'torch_device'; it returns (rows, targets), as benchmarks.report builds them.
@@ -8,6 +8,11 @@ and 'torch_device'; it returns (rows, targets), as benchmarks.report builds them
 
 import dataclasses
 import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from typing import Callable
 
 import jax
@@ -59,6 +64,10 @@ class Sizes:
   # ResNet-152 and R(2+1)D-18 inputs (224 and 112 in the release).
   extract_inputs: tuple[int, int, int] = (10, 16, 2)
   extract_sides: tuple[int, int] = (224, 112)
+  # The main command timed by phase (configs/ma.py, with these overrides), with an empty
+  # XLA cache ('cold') and then with the cache it left ('warm').
+  phases_overrides: tuple[str, ...] = ()
+  phases_runs: tuple[str, ...] = ('cold', 'warm')
 
 
 PROFILES = {
@@ -69,7 +78,12 @@ PROFILES = {
                    eval_clips=48, eval_batch=16, matmul_size=256, budget_s=0.0, min_reps=2,
                    max_reps=2, slow_reps=1, loader_workers=0, profile_calls=0,
                    epoch_clips=64, seeds=(1, 2), seeds_steps=2, extract_inputs=(2, 2, 1),
-                   extract_sides=(32, 16)),
+                   extract_sides=(32, 16), phases_overrides=(
+                       '--config.data.synthetic.num_train=64',
+                       '--config.data.synthetic.num_val=16',
+                       '--config.data.synthetic.num_test=32', '--config.train.epochs=1',
+                       '--config.model.d_model=32', '--config.model.ffn_dim=32',
+                       '--config.plots=False'), phases_runs=('cold',)),
     # About 5 minutes on 2 cores. DataLoader workers would compete with the compute threads.
     # 50 epoch steps: two calls of train_steps at the config's 25 steps per call.
     'cpu': Sizes(attention_batches=(16, 64, 256), step_batches=(BATCH, 256), epoch_steps=50,
@@ -522,6 +536,40 @@ def bench_extract(ctx: dict) -> tuple[list, list]:
   return rows, []
 
 
+def bench_phases(ctx: dict) -> tuple[list, list]:
+  """The main command (configs/ma.py, all three stages and the pictures) timed by phase
+  (benchmarks/phase_run.py), once with an empty XLA cache and once with the cache it left."""
+  sizes = ctx['sizes']
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  runs = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': os.path.join(tmp, 'xla')}
+    for run in sizes.phases_runs:
+      out = os.path.join(tmp, f'{run}.json')
+      subprocess.run([sys.executable, os.path.join(root, 'benchmarks', 'phase_run.py'),
+                      '--config=' + os.path.join(root, 'configs', 'ma.py'),
+                      f'--workdir={os.path.join(tmp, run)}', f'--json={out}',
+                      *sizes.phases_overrides], check=True, env=env, cwd=tmp,
+                     stdout=subprocess.DEVNULL)
+      with open(out) as f:
+        runs[run] = json.load(f)
+  rows = []
+  for phase in runs['cold']:
+    if phase == 'wall' or not runs['cold'][phase]:  # Not run (pictures off in 'quick').
+      continue
+    shares = {r: runs[r][phase] / runs[r]['wall'] for r in runs}
+    rows.append(result_row(
+        'phases', f'main command: {phase}', jax_s=runs['cold'][phase], note='; '.join(
+            f'{r} {runs[r][phase]:.1f} s, {shares[r]:.1%} of {runs[r]["wall"]:.0f} s'
+            for r in runs)))
+  overhead = {r: 1 - runs[r]['training epochs'] / runs[r]['wall'] for r in runs}
+  figures = {f'{r}_overhead': overhead[r] for r in runs}
+  figures.update(cold_wall_s=runs['cold']['wall'], cold_compiles_s=runs['cold']['compiles'])
+  return rows, [target('phases_overhead', overhead['cold'], overhead['cold'] <= 0.15,
+                       ', '.join(f'{overhead[r]:.0%} ({r} cache)' for r in runs), figures)]
+
+
 BENCHES = {'attention': bench_attention, 'train': bench_train, 'refine': bench_refine,
-           'seeds': bench_seeds, 'eval': bench_eval, 'extract': bench_extract}
+           'seeds': bench_seeds, 'eval': bench_eval, 'extract': bench_extract,
+           'phases': bench_phases}
 

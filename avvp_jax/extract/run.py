@@ -22,7 +22,7 @@ class Summary:
   warnings: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def format(self) -> str:
-    lines = [f'{len(self.extracted)} videos extracted, {len(self.skipped)} already there, '
+    lines = [f'videos: {len(self.extracted)} extracted, {len(self.skipped)} already there, '
              f'{len(self.failed)} failed']
     lines += [f'  failed: {why}' for why in self.failed.values()]
     lines += [f'  warning: {why}' for why in self.warnings.values()]
