@@ -123,6 +123,7 @@ def heard_and_seen(name: str, pred: dict[str, np.ndarray], prob: dict[str, np.nd
   found = np.flatnonzero(pred['audio'].any(-1) | pred['visual'].any(-1))
   if not len(found):
     found = np.sort(np.argsort(-(prob['audio'] + prob['visual']).max(-1))[:5])
+    note = '; '.join(filter(None, ['no event found: the five most probable classes', note]))
   fig = Figure(figsize=(10, 1.8 + 0.3 * len(found)))
   axes = fig.subplots(1, 2, squeeze=False)[0]
   for ax, modality, verb in zip(axes, MODALITIES, ('heard', 'seen')):
@@ -136,10 +137,12 @@ def heard_and_seen(name: str, pred: dict[str, np.ndarray], prob: dict[str, np.nd
                   [CLASSES[k] for k in found] if modality == 'audio' else [], fontsize=7)
     ax.set_title(f'{verb} ({modality})', fontsize=9)
     ax.set_xlabel('second', fontsize=8)
-  fig.colorbar(image, ax=axes, fraction=0.03, label='probability')
+  height = fig.get_figheight()
   fig.suptitle(name + (f'\n{note}' if note else ''), fontsize=10 if not note else 8)
-  fig.subplots_adjust(left=0.2, right=0.88, top=1 - 0.7 / fig.get_figheight(),
-                      bottom=0.6 / fig.get_figheight(), wspace=0.08)
+  fig.subplots_adjust(left=0.2, right=0.86, top=1 - 0.7 / height, bottom=0.6 / height,
+                      wspace=0.08)
+  fig.colorbar(image, cax=fig.add_axes((0.88, 0.6 / height, 0.015, 1 - 1.3 / height)),
+               label='probability')
   return fig
 
 

@@ -77,6 +77,29 @@ def test_timeline_shows_the_classes_of_the_truth_or_of_any_prediction():
   np.testing.assert_array_equal(plots.shown_classes({'a': empty}, empty), np.arange(25))
 
 
+def test_heard_and_seen_shows_the_found_classes_and_outlines_their_seconds():
+  pred = {m: np.zeros((25, 10), bool) for m in plots.MODALITIES}
+  prob = {m: np.full((25, 10), 0.1) for m in plots.MODALITIES}
+  pred['audio'][6, 2:5] = pred['visual'][11, 0] = True
+  fig = plots.heard_and_seen('clip', pred, prob, note='a note')
+  heard, seen = fig.axes[:2]
+  assert [t.get_text() for t in heard.get_yticklabels()] == [CLASSES[6], CLASSES[11]]
+  # One outline per found second, in its own panel.
+  assert len(heard.patches) == 3 and len(seen.patches) == 1
+  assert fig._suptitle.get_text() == 'clip\na note'  # pylint: disable=protected-access
+  size, _ = _pixels(plots.png(fig))
+  assert size == (1000, 240)
+
+  # Nothing found: the five most probable classes, and the title says so.
+  none = {m: np.zeros((25, 10), bool) for m in plots.MODALITIES}
+  prob['visual'][[2, 9, 14, 20, 24], 3] = 0.4
+  fig = plots.heard_and_seen('clip', none, prob)
+  assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [
+      CLASSES[k] for k in (2, 9, 14, 20, 24)]
+  assert 'no event found' in fig._suptitle.get_text()  # pylint: disable=protected-access
+  assert not fig.axes[0].patches and not fig.axes[1].patches
+
+
 def test_refinement_marks_what_was_dropped():
   examples = [{'name': f'clip{i}', 'classes': [0, 5], 'drop_a': np.array([False, i == 0]),
                'drop_v': np.array([i == 1, False]),
