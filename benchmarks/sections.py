@@ -532,7 +532,8 @@ def bench_extract(ctx: dict) -> tuple[list, list]:
     rows.append(result_row(
         'extract', f'{name}, {n} inputs of {shapes[name]} ({videos:g} videos)',
         jax_s=t['jax'], torch_s=t['torch'], speedup=t.ratio('torch', 'jax'), clips=videos,
-        note='clips/s: videos per second, this network alone'))
+        note=f'per video, this network alone: {t["jax"] / videos:.2f} s (JAX), '
+             f'{t["torch"] / videos:.2f} s (PyTorch); clips/s counts videos'))
   return rows, []
 
 
