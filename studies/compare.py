@@ -26,7 +26,8 @@ from benchmarks import markdown
 
 # workdir name: what the tables call it.
 METHODS = {'han': 'HAN', 'ma': 'MA', 'jomold': 'JoMoLD', 'valor': 'VALOR',
-           'valor_refine': 'VALOR + MA rule', 'jomold_no_denoise': 'JoMoLD, no denoising'}
+           'valor_refine': 'VALOR + MA rule', 'jomold_no_denoise': 'JoMoLD, no denoising',
+           'valor_refine_keep_global': 'VALOR + MA rule, clip target kept'}
 NUMBERS = [f'{level}/{kind}' for level in ('segment', 'event')
            for kind in ('audio', 'visual', 'av', 'type', 'event')]
 JUDGED = ('segment/type', 'segment/visual')
