@@ -183,7 +183,6 @@ def decode(path: str, start: float = 0.0) -> Clip:
         raise VideoError(f'{path}: no audio stream; the audio features need one.')
       if not container.streams.video:
         raise VideoError(f'{path}: no video stream; the visual features need one.')
-    with av.open(path) as container:
       frames, times, variable = _frames(path, container, start)
     with av.open(path) as container:
       audio = samples_16k(_audio(path, container, start))
