@@ -7,9 +7,10 @@ then examples of 96 frames (0.96 s) without overlap. The LLP release cut its 16-
 into whole seconds and made one example of each (AVVP-ECCV20's `vggish_input.py`): the
 example of second i covers samples [16000 i, 16000 i + 15600) (`clip_examples`).
 
-Frames: ImageNet normalisation for ResNet-152 and Kinetics normalisation for R(2+1)D-18
-(torchvision's published statistics); the resizing and cropping are in `video`, where the
-frames are decoded.
+Frames: the statistics of ImageNet normalisation for ResNet-152 and Kinetics normalisation
+for R(2+1)D-18 (torchvision's published values), applied on the device by
+`extractor.feature_functions`; the resizing and cropping are in `video`, where the frames
+are decoded.
 """
 
 import numpy as np
@@ -78,8 +79,3 @@ def clip_examples(waveform: np.ndarray) -> np.ndarray:
   seconds = len(waveform) // SAMPLE_RATE
   return np.concatenate([log_mel_examples(waveform[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE])
                          for i in range(seconds)])
-
-
-def normalise(frames: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-  """(..., 3) uint8 RGB -> float32 (x / 255 - mean) / std."""
-  return ((frames.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
