@@ -8,6 +8,7 @@ everything written with them (`MANIFEST`).
 """
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -109,7 +110,9 @@ def weights_digest(variables: dict[str, dict]) -> str:
 
 
 def feature_functions(variables: dict[str, dict]):
-  """{network: jitted (batch of one clip's inputs) -> features}, the weights closed over.
+  """{network: (batch of one clip's inputs) -> features}, each a jitted function of the
+  weights and the inputs with the weights bound (passed as arguments, so that they are not
+  baked into the compiled program as constants).
 
   vggish: (10, 96, 64) log-mel examples -> (10, 128);
   res152: (80, 224, 224, 3) uint8 frames -> (80, 2048);
@@ -123,8 +126,9 @@ def feature_functions(variables: dict[str, dict]):
       'res152': images(frontend.IMAGENET_MEAN, frontend.IMAGENET_STD),
       'r2plus1d_18': images(frontend.KINETICS_MEAN, frontend.KINETICS_STD),
   }
-  return {name: jax.jit(lambda x, n=name, v=variables[name]: NETWORKS[n].module.apply(
-      v, prepare[n](x))) for name in NETWORKS}
+  return {name: functools.partial(jax.jit(
+      lambda v, x, n=name: NETWORKS[n].module.apply(v, prepare[n](x))), variables[name])
+          for name in NETWORKS}
 
 
 def clip_inputs(clip: video.Clip) -> dict[str, np.ndarray]:
