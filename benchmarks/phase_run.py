@@ -99,8 +99,7 @@ def main(argv):
   pipeline.load_splits = clock.wrap(load_splits, 'data')
   train.train_epoch = clock.wrap(train.train_epoch, 'training epochs')
   train.evaluate_split = clock.wrap(train.evaluate_split, evaluation)
-  for fn in ('append_metrics',):
-    setattr(logs, fn, clock.wrap(getattr(logs, fn), 'logs (metrics.jsonl, TensorBoard)'))
+  logs.append_metrics = clock.wrap(logs.append_metrics, 'logs (metrics.jsonl, TensorBoard)')
   logs.TensorBoardLog.add = clock.wrap(logs.TensorBoardLog.add,
                                        'logs (metrics.jsonl, TensorBoard)')
   for fn in ('save', 'save_best', 'restore', 'restore_best'):
@@ -109,7 +108,7 @@ def main(argv):
   reports.write_report = clock.wrap(reports.write_report, 'checkpoints')
   stages.refine_stage = clock.wrap(stages.refine_stage, 'refinement')
   stages.noise_ratio_stage = clock.wrap(stages.noise_ratio_stage, 'refinement')
-  pipeline.plots.plot_run = clock.wrap(plots.plot_run, 'pictures')
+  plots.plot_run = clock.wrap(plots.plot_run, 'pictures')
   pipeline.run(_CONFIG.value, _WORKDIR.value)
   clock._switch(None)  # pylint: disable=protected-access
   clock.seconds['wall'] = time.perf_counter() - START
