@@ -169,7 +169,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage: str,
       seeds=True, data_keys=tuple(data))
   init_rngs, train_rngs = zip(*(jax.random.split(
       train.stage_rng(seed, wd.TRAINING_STAGES.index(stage))) for seed in seeds))
-  state = jax.device_put(train.create_train_states(model, tx, init_rngs),
+  state = jax.device_put(train.create_train_states(model, tx, jnp.stack(init_rngs)),
                          placement.stacked(mesh))
 
   with checkpoints.StageCheckpoints(workdir, stage) as ckpt:

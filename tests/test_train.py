@@ -140,6 +140,18 @@ def test_predict_pads_the_last_batch_without_changing_outputs():
     np.testing.assert_allclose(got[k], want[k], atol=1e-6)
 
 
+def test_states_of_several_models_are_each_one_models_init_bit_for_bit():
+  config = _small_config()
+  model = train.HAN.from_config(config.model)
+  tx = train.make_optimizer(config.train, 1e-3)
+  keys = [jax.random.key(s, impl=train.RNG_IMPL) for s in (3, 7)]
+  stacked = train.create_train_states(model, tx, jnp.stack(keys))
+  for m, key in enumerate(keys):
+    one = train.create_train_state(model, tx, key)
+    for got, want in zip(jax.tree.leaves(stacked), jax.tree.leaves(one)):
+      np.testing.assert_array_equal(np.asarray(got)[m], np.asarray(want))
+
+
 def _one_epoch(config, num_clips=48):
   """(initial params, state, terms) of one epoch on `num_clips` synthetic clips from a seeded
   init."""
