@@ -299,3 +299,54 @@ def test_gpu_script_is_valid_shell_and_times_the_main_command_with_its_flags():
     node = config
     for part in override.split('.'):
       node = node[part]  # A KeyError names an override the config lacks.
+
+
+def test_torch_pipeline_times_the_three_stages_and_refines_as_the_library():
+  """benchmarks/torch_pipeline.py: every phase timed, inside the wall; its stage 2 swaps the
+  tracks as refine.swapped_probs does (same parameters, same partners) and its stage-3
+  targets are the rule's on its probabilities."""
+  from avvp_jax import data, refine  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_pipeline  # pylint: disable=g-import-not-at-top
+  config = ma.get_config()
+  config.data.synthetic.update(num_train=48, num_val=16, num_test=16)
+  config.train.epochs = 1
+  config.model.update(d_model=32, ffn_dim=32)
+  splits = data.load_splits(config.data)
+  labels = splits['train'].labels
+  record = {}
+  seconds = torch_pipeline.run(splits, config, record=record)
+  for phase in torch_pipeline.PHASES:
+    assert seconds[phase] > 0, phase
+  assert sum(seconds[p] for p in torch_pipeline.PHASES) <= seconds['wall']
+  assert 0 <= seconds['final_test_type'] <= 100
+  refined = record['refinement']
+  drop_a, drop_v = refine.refine_labels(
+      {k: refined[k] for k in ('a_prob', 'v_prob')},
+      {k: refined[k] for k in torch_pipeline.SWAPPED}, labels)
+  expected = train.targets_from_labels(labels, config.loss, drop_a, drop_v)
+  for k in train.TARGETS:
+    np.testing.assert_array_equal(record['targets'][k], expected[k], err_msg=k)
+  partners = refined['partners']
+  assert not (labels.astype(bool) & labels[partners].astype(bool)).any()
+
+  # Stage 2 alone, on a model both frameworks share: the same probabilities on the same
+  # pairings (a swap the wrong way round gives another clip's), and so the same drops. The
+  # rule's bar is raised so that labels drop at a random initialisation.
+  config.refine.threshold = 1.0
+  model = HAN.from_config(config.model)
+  params = jax.jit(lambda key: train.init_params(model, key))(
+      jax.random.key(0, impl=train.RNG_IMPL))
+  t_model = torch_han.load_flax_params(torch_pipeline.make_model(config.model), params)
+  torch.manual_seed(1)
+  got = torch_pipeline.refine_stage(t_model, splits['train'], config.refine, 16,
+                                    torch.device('cpu'))
+  orig = train.predict(model, params, splits['train'], 16)
+  swapped = refine.swapped_probs(model, params, splits['train'], got['partners'][:, None], 16)
+  for k in ('a_prob', 'v_prob'):
+    np.testing.assert_allclose(got[k], orig[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  for k in torch_pipeline.SWAPPED:
+    np.testing.assert_allclose(got[k], swapped[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  drop_a, drop_v = refine.refine_labels(orig, swapped, labels, config.refine.threshold)
+  assert 0 < drop_a.sum() < labels.sum() and 0 < drop_v.sum() < labels.sum()
+  np.testing.assert_array_equal(got['drop_a'], drop_a)
+  np.testing.assert_array_equal(got['drop_v'], drop_v)
