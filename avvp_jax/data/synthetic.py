@@ -149,6 +149,9 @@ def sample_annotations(rng: np.random.Generator, num_clips: int, asynchrony: flo
   return labels, gt['audio'], gt['visual']
 
 
+NOISE_BLOCK = 1024  # clips
+
+
 def generate_split(num_clips: int, seed: int, split: str, *, noise: float = 1.0,
                    asynchrony: float = 1.0) -> Split:
   """Generates one split; the same arguments give the same arrays."""
@@ -164,9 +167,16 @@ def generate_split(num_clips: int, seed: int, split: str, *, noise: float = 1.0,
     amplitude = rng.uniform(0.6, 1.4, (num_clips, NUM_CLASSES, 1)).astype(np.float32)
     activity = (gt * amplitude).transpose(0, 2, 1)  # (N, T, C)
     background = rng.standard_normal((num_clips, 1, d), np.float32) * 0.5
-    x = activity @ protos[key] + background
-    x += noise * rng.standard_normal(x.shape, np.float32)
-    features[key] = x if key == 'audio' else np.maximum(x, 0.0)
+    x = activity @ protos[key]
+    x += background
+    # The noise in blocks of clips (the same stream as one draw): a whole-split temporary
+    # would double the peak memory of a large split.
+    for start in range(0, num_clips, NOISE_BLOCK):
+      block = rng.standard_normal((min(NOISE_BLOCK, num_clips - start),) + x.shape[1:],
+                                  np.float32)
+      block *= noise
+      x[start:start + NOISE_BLOCK] += block
+    features[key] = x if key == 'audio' else np.maximum(x, 0.0, out=x)
 
   # LLP's filenames: an 11-character video id, then the clip's start and end seconds.
   names = np.array([f'syn{split[:2]}{i:06d}_0_10' for i in range(num_clips)])
