@@ -11,20 +11,23 @@ import os
 
 import ml_collections
 
-from avvp_jax import metrics, plots, stages, workdir as wd
+from avvp_jax import metrics, placement, plots, stages, workdir as wd
 from avvp_jax.data import describe, load_splits
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage the config enables; returns {stage: its test report, or for 'refine'
   the refinement's statistics}."""
-  placement = stages.check_placement(config)
+  where = stages.check_placement(config)
   workdir = os.path.abspath(workdir)  # Orbax needs absolute paths.
   with wd.hold(workdir):
     wd.check_or_save_config(config, workdir)
     splits = load_splits(config.data)
     stages.check_processes(config, splits)
-    print(f'data: { {k: len(v) for k, v in splits.items()} }; {placement}', flush=True)
+    # The features go to the devices once, for every stage, and leave the host.
+    mesh = placement.make_mesh(config.num_seeds)
+    splits = {name: placement.put_split(split, mesh) for name, split in splits.items()}
+    print(f'data: { {k: len(v) for k, v in splits.items()} }; {where}', flush=True)
     out = {'base': stages.train_stage(config, workdir, 'base', splits)}
     if config.refine.enabled:
       stage_2 = (stages.noise_ratio_stage if config.loss.get('kind') == 'jomold'

@@ -1,10 +1,12 @@
 """Where arrays live: the device mesh and every placement on it.
 
 The mesh has a `seed` axis, over which the models of several seeds (stacked on a leading
-axis S) are sharded, and a `data` axis, along which batches are sharded. Inputs are
-replicated. Everything that puts an array on a device goes through here, so that one place
+axis S) are sharded, and a `data` axis, along which batches and the clips of a split are
+sharded. Everything that puts an array on a device goes through here, so that one place
 decides the layout from one device to many and from one process to many.
 """
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -56,6 +58,39 @@ def stacked(mesh: Mesh) -> NamedSharding:
 def batched(mesh: Mesh) -> NamedSharding:
   """A leading batch axis, sharded along `data`."""
   return NamedSharding(mesh, P('data'))
+
+
+def clips(mesh: Mesh) -> NamedSharding:
+  """A split's per-clip arrays (N, ...), sharded along `data` and replicated over `seed`:
+  each device holds N / D clips, so that a split larger than one device's memory fits on D
+  of them; a step gathers its batch from the shards (XLA reads each clip on the device that
+  holds it and sums the masked rows)."""
+  return NamedSharding(mesh, P('data'))
+
+
+def put_clips(tree, mesh: Mesh):
+  """Per-clip arrays (N, ...) on the mesh (`clips`), N padded with zero rows, which no index
+  reaches, up to a multiple of the `data` axis. An array already placed so stays as it is."""
+  d = mesh.shape['data']
+
+  def put(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(clips(mesh), x.ndim):
+      return x
+    x = np.asarray(x)
+    if len(x) % d:
+      x = np.concatenate([x, np.zeros((-len(x) % d,) + x.shape[1:], x.dtype)])
+    return jax.device_put(x, clips(mesh))
+
+  return jax.tree.map(put, tree)
+
+
+FEATURES = ('audio', 'video_2d', 'video_3d')
+
+
+def put_split(split, mesh: Mesh):
+  """The split (a `data.Split`) with its features on the mesh (`put_clips`) instead of on
+  the host: the run holds one copy of them, where the steps read it."""
+  return dataclasses.replace(split, **put_clips({k: getattr(split, k) for k in FEATURES}, mesh))
 
 
 def params_sharding(mesh: Mesh, seeds: bool) -> NamedSharding:

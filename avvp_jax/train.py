@@ -158,14 +158,15 @@ def device_arrays(split: Split, targets: dict[str, np.ndarray], mesh: Mesh,
                   seeds: bool = False, truth: bool = False) -> dict:
   """The split's model inputs and training targets on the mesh.
 
-  Returns {'audio': (N, T, 128), 'video_2d': (N, T, 2048), 'video_3d': (N, T, 512), and the
-  targets, e.g. 'y_global' | 'y_a' | 'y_v': (N, 25)}, replicated. With `seeds`, the targets
-  are those of S models, (S, N, ...), sharded over the `seed` axis.
+  Returns {'audio': (N', T, 128), 'video_2d': (N', T, 2048), 'video_3d': (N', T, 512),
+  sharded along `data` (`placement.put_clips`: N' >= N, no copy where the split is already
+  on the mesh), and the targets, e.g. 'y_global' | 'y_a' | 'y_v': (N, 25), replicated. With
+  `seeds`, the targets are those of S models, (S, N, ...), sharded over the `seed` axis.
   """
   inputs = {k: getattr(split, k) for k in INPUTS}
   if truth:  # TRUTH: (N, 25), whether each class is heard / seen anywhere in the clip.
     inputs.update(truth_a=split.gt_a.any(-1), truth_v=split.gt_v.any(-1))
-  inputs = jax.device_put(inputs, placement.replicated(mesh))
+  inputs = placement.put_clips(inputs, mesh)
   return {**inputs, **jax.device_put(targets, placement.params_sharding(mesh, seeds))}
 
 
@@ -287,7 +288,7 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
   """
   if steps_per_call < 1:
     raise ValueError(f'train.steps_per_call must be at least 1, not {steps_per_call}.')
-  num_clips = data['audio'].shape[0]
+  num_clips = data[TARGETS[0]].shape[-2]  # (The inputs may be padded: `device_arrays`.)
 
   def draw(key):
     perm_rng, dropout_rng = jax.random.split(key)
@@ -328,23 +329,27 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
                  for k in history[0]}
 
 
-def _outputs(model: HAN, params, audio, video_2d, video_3d) -> dict:
-  out = model.apply({'params': params}, audio, video_2d, video_3d, train=False)
+def _outputs(model: HAN, mesh: Mesh, params, data: dict, idx) -> dict:
+  """Eval-mode outputs of the clips `idx` (B,) of the device-resident `data`."""
+  batch = jax.lax.with_sharding_constraint([data[k][idx] for k in INPUTS],
+                                           placement.batched(mesh))
+  out = model.apply({'params': params}, *batch, train=False)
   return {k: out[k] for k in ('global_prob', 'a_prob', 'v_prob', 'frame_prob')}
 
 
-_forward = jax.jit(_outputs, static_argnums=0)
+_forward = jax.jit(_outputs, static_argnums=(0, 1))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward_seeds(model: HAN, params, audio, video_2d, video_3d) -> dict:
-  return over_seeds(functools.partial(_outputs, model), (0, None, None, None))(
-      params, audio, video_2d, video_3d)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _forward_seeds(model: HAN, mesh: Mesh, params, data: dict, idx) -> dict:
+  return over_seeds(functools.partial(_outputs, model, mesh), (0, None, None))(
+      params, data, idx)
 
 
 def predict(model: HAN, params, split: Split, batch_size: int,
             seeds: bool = False) -> dict[str, np.ndarray]:
-  """Eval-mode outputs for a whole split, in fixed-size (padded) batches.
+  """Eval-mode outputs for a whole split, in fixed-size batches gathered on the device (the
+last one wraps around to the first clips).
 
   Returns host arrays: global_prob, a_prob, v_prob (N, 25); frame_prob (N, T, 2, 25). With
   `seeds`, `params` are S models stacked on a leading axis, and each output gains it: (S, N, 25)
@@ -355,16 +360,13 @@ def predict(model: HAN, params, split: Split, batch_size: int,
   n = len(split)
   # A split smaller than a batch (the val split, every epoch) is not padded up to one.
   batch_size = placement.shardable(min(batch_size, n), mesh)
-  batch_sharding = placement.batched(mesh)
   params = jax.device_put(params, placement.params_sharding(mesh, seeds))
+  data = device_arrays(split, {}, mesh)
   forward = _forward_seeds if seeds else _forward
   outs = []
   for start in range(0, n, batch_size):
-    inputs = [getattr(split, k)[start:start + batch_size] for k in INPUTS]
-    pad = batch_size - len(inputs[0])
-    if pad:  # One shape for every batch: no recompilation for the last one.
-      inputs = [np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) for x in inputs]
-    outs.append(forward(model, params, *jax.device_put(inputs, batch_sharding)))
+    idx = np.arange(start, start + batch_size) % n  # One shape for every batch.
+    outs.append(forward(model, mesh, params, data, idx))
   axis = 1 if seeds else 0
   return {k: np.concatenate([placement.host(o[k]) for o in outs], axis).take(np.arange(n), axis)
           for k in outs[0]}

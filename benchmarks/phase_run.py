@@ -86,14 +86,16 @@ def main(argv):
   held = {}
 
   def load_splits(data_config):
-    held.update(pipeline_load(data_config))
-    return held
+    splits = pipeline_load(data_config)
+    held.update({name: split.names for name, split in splits.items()})  # Not the features.
+    return splits
 
   def evaluation(model, params, split, *args, **kwargs):
     del model, params, args, kwargs
-    if split is held.get('val'):
+    if split.names is held.get('val'):
       return 'validation'
-    return 'test evaluation' if split is held.get('test') else 'other (stage set-up, the rest)'
+    return ('test evaluation' if split.names is held.get('test')
+            else 'other (stage set-up, the rest)')
 
   pipeline_load = pipeline.load_splits
   pipeline.load_splits = clock.wrap(load_splits, 'data')
