@@ -281,7 +281,7 @@ def test_quick_suite_runs_every_section(tmp_path):
   assert {r['section'] for r in out['rows']} == set(run.SECTIONS)
   assert [t['key'] for t in out['targets']] == [
       'step_vs_torch', 'step_vs_peak', 'epoch_vs_torch', 'refine_k16', 'seeds_8',
-      'metrics_time', 'eval_overhead', 'phases_overhead']
+      'metrics_time', 'eval_overhead', 'phases_overhead', 'pipeline_vs_torch', 'memory_peak']
   for r in out['rows']:
     assert r['jax_s'] is None or r['jax_s'] > 0, r['benchmark']
   for t in out['targets']:
