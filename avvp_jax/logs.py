@@ -13,11 +13,7 @@ import os
 import secrets
 
 import numpy as np
-from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto import event_pb2
-from tensorboardX.summary import scalar
-
-from avvp_jax import workdir as wd
+from avvp_jax import tfevents, workdir as wd
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -112,8 +108,7 @@ def tensorboard_dir(workdir: str, seed: int) -> str:
 
 class TensorBoardLog:
   """The TensorBoard view of metrics.jsonl, one run per seed, stepped by epoch; a context
-  manager around one tensorboardX event file per seed, written synchronously (its
-  `SummaryWriter` queues events for a thread, and its flush does not wait for them).
+  manager around one event file per seed (`tfevents.EventFile`), written synchronously.
 
   Opening it rewrites every seed's events from metrics.jsonl into a new file and then
   deletes the older ones, so that epochs which a killed run logged and this run redoes
@@ -140,26 +135,19 @@ class TensorBoardLog:
     for path in (p for paths in old.values() for p in paths):
       os.remove(path)
 
-  def _writer(self, seed: int) -> EventsWriter:
+  def _writer(self, seed: int) -> tfevents.EventFile:
     if seed not in self._writers:
       directory = tensorboard_dir(self._workdir, seed)
       os.makedirs(directory, exist_ok=True)
-      # A suffix of its own: tensorboardX names files by the second, which two stages or a
-      # rewrite and its predecessor can share.
-      self._writers[seed] = EventsWriter(os.path.join(directory, 'events'),
-                                         filename_suffix=f'.{secrets.token_hex(4)}')
+      self._writers[seed] = tfevents.EventFile(directory, f'.{secrets.token_hex(4)}')
     return self._writers[seed]
 
   def add(self, records: list[EpochRecord]) -> None:
     if not wd.writes_files():
       return
     for record in records:
-      writer = self._writer(record.seed)
-      for tag, value in record.scalars().items():
-        writer.write_event(event_pb2.Event(wall_time=record.time, step=record.epoch,
-                                           summary=scalar(tag, value)))
-    for writer in self._writers.values():
-      writer.flush()
+      self._writer(record.seed).write(
+          tfevents.event(record.time, record.epoch, scalars=record.scalars()))
 
   def __enter__(self):
     return self
