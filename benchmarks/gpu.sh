@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The benchmark suite on a GPU or TPU machine, in one command, within 10 minutes:
 #
-#   bash benchmarks/gpu.sh [options of benchmarks/run.py, e.g. --sections train]
+#   bash benchmarks/gpu.sh
 #
-# It runs benchmarks/run.py with the accelerator sizes (batches that fill the chip, the whole
-# LLP epoch, stage 2 on 10,000 clips, 1 / 4 / 8 seeds in one program) and writes
-# benchmarks/results_<backend>.json and the <backend> block of the performance section of
-# benchmarks/RESULTS.md, as a CPU run does. Then it times the main command (all three stages)
-# on 10,000 synthetic training clips with 1 seed and with 8 seeds in one program, into
-# benchmarks/pipeline_<backend>.txt.
+# It runs benchmarks/run.py with the accelerator sizes in two parts. The step-level sections
+# (batches that fill the chip, the whole LLP epoch, stage 2 on 10,000 clips, 1 / 4 / 8 seeds
+# in one program, feature extraction) write benchmarks/results_<backend>.json and the
+# <backend> block of the performance section of benchmarks/RESULTS.md, as a CPU run does.
+# The whole-run sections (the main command by phase, the three stages against the PyTorch
+# port in the reference's loop, peak memory at 2,000 / 10,000 / 40,000 training clips) write
+# benchmarks/results_<backend>_pipeline.json and benchmarks/pipeline_<backend>.md.
 # PYTHON picks the interpreter (default python3); it needs the package's dependencies and
 # PyTorch, which runs on the GPU where it has CUDA.
 set -euo pipefail
@@ -30,18 +31,8 @@ fi
 # the same process.
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}"
 echo "gpu.sh: backend $backend" >&2
-timeout 300 "$PYTHON" benchmarks/run.py --profile accelerator "$@"
-
-out="benchmarks/pipeline_$backend.txt"
-: > "$out"
-for seeds in 1 8; do
-  workdir=$(mktemp -d)
-  start=$SECONDS
-  status=finished
-  timeout 150 "$PYTHON" launch/main.py --config=configs/ma.py --workdir="$workdir/ma" \
-      --config.data.synthetic.num_train=10000 --config.num_seeds="$seeds" \
-      > "$workdir/log" 2>&1 || status="stopped (exit $?)"
-  echo "main command, 3 stages, 10,000 train clips, $seeds seed(s) in one program:" \
-       "$((SECONDS - start)) s, $status" | tee -a "$out"
-  tail -n 4 "$workdir/log" >> "$out"
-done
+timeout 270 "$PYTHON" benchmarks/run.py --profile accelerator \
+    --sections attention,train,refine,seeds,eval,extract
+timeout 290 "$PYTHON" benchmarks/run.py --profile accelerator --sections phases,e2e,memory \
+    --json "benchmarks/results_${backend}_pipeline.json" \
+    --results "benchmarks/pipeline_${backend}.md"

@@ -112,7 +112,7 @@ PROFILES = {
                          refine_pairs_per_batch=1024, partners=(1, 4, 16), eval_clips=1200,
                          eval_batch=256, matmul_size=8192, budget_s=3.0, min_reps=10,
                          max_reps=500, slow_reps=3, loader_workers=4, profile_calls=10,
-                         seeds_steps=25, extract_inputs=(80, 640, 80)),
+                         seeds_steps=25, extract_inputs=(80, 640, 80), e2e_rounds=2),
 }
 
 
@@ -611,8 +611,8 @@ def bench_e2e(ctx: dict) -> tuple[list, list]:
            *sizes.e2e_overrides], env, tmp)[0])
       walls['torch'].append(_measured_run(
           [sys.executable, os.path.join(ROOT, 'benchmarks', 'torch_pipeline.py'), MA_CONFIG,
-           f'--json={os.path.join(tmp, f"torch{r}.json")}', *sizes.e2e_overrides], env,
-          tmp)[0])
+           f'--json={os.path.join(tmp, f"torch{r}.json")}',
+           f'--device={ctx["torch_device"].type}', *sizes.e2e_overrides], env, tmp)[0])
   ratios = np.array(walls['torch']) / np.array(walls['jax'])
   speedup = float(np.median(ratios))
   spread = f'{ratios.min():.2f}x-{ratios.max():.2f}x over {len(ratios)} rounds'

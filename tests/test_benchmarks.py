@@ -291,14 +291,18 @@ def test_quick_suite_runs_every_section(tmp_path):
   assert report.MARKERS[0] in text and 'train step, batch 16' in text
 
 
-def test_gpu_script_is_valid_shell_and_times_the_main_command_with_its_flags():
+def test_gpu_script_runs_every_section_and_the_profiles_override_existing_flags():
   script = pathlib.Path(__file__).resolve().parents[1] / 'benchmarks' / 'gpu.sh'
   subprocess.run(['bash', '-n', str(script)], check=True)
+  named = [x for group in re.findall(r'--sections ([\w,]+)', script.read_text())
+           for x in group.split(',')]
+  assert sorted(named) == sorted(run.SECTIONS)
   config = ma.get_config()
-  for override in re.findall(r'--config\.([\w.]+)=', script.read_text()):
-    node = config
-    for part in override.split('.'):
-      node = node[part]  # A KeyError names an override the config lacks.
+  for sizes in sections.PROFILES.values():
+    for override in (*sizes.phases_overrides, *sizes.e2e_overrides, *sizes.memory_overrides):
+      node = config
+      for part in re.fullmatch(r'--config\.([\w.]+)=.*', override).group(1).split('.'):
+        node = node[part]  # A KeyError names an override the config lacks.
 
 
 def test_torch_pipeline_times_the_three_stages_and_refines_as_the_library():
