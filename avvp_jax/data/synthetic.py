@@ -22,7 +22,7 @@ import numpy as np
 
 from avvp_jax.data.classes import (AUDIO_DIM, NUM_CLASSES, NUM_SEGMENTS,
                                    VIDEO_2D_DIM, VIDEO_3D_DIM)
-from avvp_jax.data.split import Split
+from avvp_jax.data.split import Split, aligned_empty
 
 # Made by `python -m avvp_jax.data.derive_stats ../shared/llp` from the real LLP annotation
 # files (see that module for the definitions). modality[c] = [audio only, visual only, both,
@@ -167,7 +167,7 @@ def generate_split(num_clips: int, seed: int, split: str, *, noise: float = 1.0,
     amplitude = rng.uniform(0.6, 1.4, (num_clips, NUM_CLASSES, 1)).astype(np.float32)
     activity = (gt * amplitude).transpose(0, 2, 1)  # (N, T, C)
     background = rng.standard_normal((num_clips, 1, d), np.float32) * 0.5
-    x = activity @ protos[key]
+    x = np.matmul(activity, protos[key], out=aligned_empty((num_clips, NUM_SEGMENTS, d)))
     x += background
     # The noise in blocks of clips (the same stream as one draw): a whole-split temporary
     # would double the peak memory of a large split.
