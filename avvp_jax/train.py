@@ -329,21 +329,27 @@ def train_epoch(state: TrainState, train_steps: Callable, data: dict, rng, *, ba
                  for k in history[0]}
 
 
-def _outputs(model: HAN, mesh: Mesh, params, data: dict, idx) -> dict:
-  """Eval-mode outputs of the clips `idx` (B,) of the device-resident `data`."""
-  batch = jax.lax.with_sharding_constraint([data[k][idx] for k in INPUTS],
-                                           placement.batched(mesh))
-  out = model.apply({'params': params}, *batch, train=False)
+@functools.partial(jax.jit, static_argnums=1)
+def _gather_batch(data: dict, mesh: Mesh, idx) -> list[jax.Array]:
+  """The inputs of the clips `idx` (B,) of the device-resident `data`, sharded along `data`:
+  a program of its own, so that the forward pass compiles once per batch size, not once per
+  split size."""
+  return jax.lax.with_sharding_constraint([data[k][idx] for k in INPUTS],
+                                          placement.batched(mesh))
+
+
+def _outputs(model: HAN, params, audio, video_2d, video_3d) -> dict:
+  out = model.apply({'params': params}, audio, video_2d, video_3d, train=False)
   return {k: out[k] for k in ('global_prob', 'a_prob', 'v_prob', 'frame_prob')}
 
 
-_forward = jax.jit(_outputs, static_argnums=(0, 1))
+_forward = jax.jit(_outputs, static_argnums=0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _forward_seeds(model: HAN, mesh: Mesh, params, data: dict, idx) -> dict:
-  return over_seeds(functools.partial(_outputs, model, mesh), (0, None, None))(
-      params, data, idx)
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_seeds(model: HAN, params, audio, video_2d, video_3d) -> dict:
+  return over_seeds(functools.partial(_outputs, model), (0, None, None, None))(
+      params, audio, video_2d, video_3d)
 
 
 def predict(model: HAN, params, split: Split, batch_size: int,
@@ -366,7 +372,7 @@ last one wraps around to the first clips).
   outs = []
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size) % n  # One shape for every batch.
-    outs.append(forward(model, mesh, params, data, idx))
+    outs.append(forward(model, params, *_gather_batch(data, mesh, idx)))
   axis = 1 if seeds else 0
   return {k: np.concatenate([placement.host(o[k]) for o in outs], axis).take(np.arange(n), axis)
           for k in outs[0]}

@@ -182,3 +182,13 @@ def checkpoint_dir(workdir: str, stage: str, which: str = 'last') -> str:
 
 def plots_dir(workdir: str) -> str:
   return os.path.join(workdir, 'plots')
+
+
+def use_compilation_cache() -> None:
+  """Keeps compiled programs across runs: in $JAX_COMPILATION_CACHE_DIR, else
+  ~/.cache/avvp_jax/xla; every program, not only those that take a second to compile (JAX's
+  default), since a run's sub-second compiles add up to seconds. Reruns, resumes and later
+  runs of the same shapes then skip XLA."""
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser('~/.cache/avvp_jax/xla'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)

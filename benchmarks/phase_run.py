@@ -28,6 +28,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from avvp_jax import checkpoints, logs, pipeline, plots, reports, stages, train
+from avvp_jax import workdir as wd
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file.', lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A fresh workdir.')
@@ -78,8 +79,7 @@ class Clock:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser('~/.cache/avvp_jax/xla'))
+  wd.use_compilation_cache()
   clock = Clock()
   clock.seconds['imports and start-up'] = time.perf_counter() - START
   jax.monitoring.register_event_duration_secs_listener(clock.compiled)

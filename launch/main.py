@@ -51,9 +51,7 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', config.name.replace(':', '_').replace(',', '_'))
-  if not jax.config.jax_compilation_cache_dir:  # Reruns and later stages skip XLA compiles.
-    jax.config.update('jax_compilation_cache_dir',
-                      os.path.expanduser('~/.cache/avvp_jax/xla'))
+  wd.use_compilation_cache()
   print(f'workdir: {os.path.abspath(workdir)}', flush=True)
   try:
     pipeline.run(config, workdir)

@@ -16,8 +16,8 @@ from avvp_jax.data import synthetic
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # On 4 simulated devices, one seed (mesh seed 1 x data 4): the features' shards; the leading
-# size of every array that the compiled train step and forward pass all-gather; and the
-# bytes of their temporaries, against those of the whole split's 2D features.
+# size of every array that the compiled train step and an evaluation batch's gather
+# all-gather; and the bytes of their temporaries, against those of the whole split's 2D features.
 FOUR_DEVICES = r'''
 import json, re, sys
 import jax, ml_collections, numpy as np
@@ -39,7 +39,7 @@ _, tx, train_steps = train.make_training(
 state = train.create_train_state(model, tx, jax.random.key(0, impl=train.RNG_IMPL))
 idx = train.epoch_batches(jax.random.key(1), len(split), 16)[:2]
 step = train_steps.lower(state, data, idx, jax.random.key(2), 0, 2).compile()
-forward = train._forward.lower(model, mesh, state.params, data, np.arange(64)).compile()
+forward = train._gather_batch.lower(data, mesh, np.arange(64)).compile()
 hlo = step.as_text() + forward.as_text()
 gathered = [int(m) for m in re.findall(r'all-gather[.0-9]* = [a-z0-9]+\[(\d+)', hlo)]
 print(json.dumps({

@@ -152,6 +152,17 @@ def test_states_of_several_models_are_each_one_models_init_bit_for_bit():
       np.testing.assert_array_equal(np.asarray(got)[m], np.asarray(want))
 
 
+def test_the_forward_pass_compiles_once_per_batch_size_not_per_split_size():
+  config = _small_config()
+  model = train.HAN.from_config(config.model)
+  tx = train.make_optimizer(config.train, 1e-3)
+  params = train.create_train_states(model, tx, jnp.stack([jax.random.key(5)])).params
+  before = train._forward_seeds._cache_size()  # pylint: disable=protected-access
+  for n in (40, 70):
+    train.predict(model, params, synthetic.generate_split(n, 0, 'val'), 32, seeds=True)
+  assert train._forward_seeds._cache_size() == before + 1  # pylint: disable=protected-access
+
+
 def _one_epoch(config, num_clips=48):
   """(initial params, state, terms) of one epoch on `num_clips` synthetic clips from a seeded
   init."""

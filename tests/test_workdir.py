@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -115,3 +116,13 @@ def test_paths_of_the_stages_and_the_checkpoints(tmp_path):
   assert wd.workdir_of(str(deep)) == str(tmp_path)
   with pytest.raises(FileNotFoundError, match='not inside a workdir'):
     wd.workdir_of(str(tmp_path.parent))
+
+
+def test_the_compilation_cache_keeps_every_program(tmp_path):
+  code = ('import jax; from avvp_jax import workdir; workdir.use_compilation_cache(); '
+          'print(jax.config.jax_compilation_cache_dir, '
+          'jax.config.jax_persistent_cache_min_compile_time_secs)')
+  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(tmp_path)}
+  out = subprocess.run([sys.executable, '-c', code], env=env, check=True, capture_output=True,
+                       text=True, cwd=pathlib.Path(__file__).resolve().parents[1]).stdout
+  assert out.split() == [str(tmp_path), '0.0']
