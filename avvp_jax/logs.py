@@ -114,8 +114,8 @@ def tensorboard_dir(workdir: str, seed: int) -> str:
 class TensorBoardLog:
   """The TensorBoard view of metrics.jsonl, one run per seed, stepped by epoch; a context
   manager around one event file per seed, written synchronously with TensorBoard's own
-  `RecordWriter` (its `EventFileWriter` and tensorboardX's queue events for a thread;
-  tensorboardX also imports PyTorch where it is installed: 1.3 s and 0.3 GB per run).
+  `RecordWriter` (its `EventFileWriter` and tensorboardX's queue events for a thread, and
+  tensorboardX imports PyTorch where it is installed).
 
   Opening it rewrites every seed's events from metrics.jsonl into a new file and then
   deletes the older ones, so that epochs which a killed run logged and this run redoes

@@ -9,9 +9,12 @@ decides the layout from one device to many and from one process to many.
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from avvp_jax.data.split import FEATURES, Split
 
 
 def seed_devices(num_seeds: int, num_devices: int) -> int:
@@ -62,33 +65,35 @@ def batched(mesh: Mesh) -> NamedSharding:
 
 def clips(mesh: Mesh) -> NamedSharding:
   """A split's per-clip arrays (N, ...), sharded along `data` and replicated over `seed`:
-  each device holds N / D clips, so that a split larger than one device's memory fits on D
-  of them; a step gathers its batch from the shards (XLA reads each clip on the device that
-  holds it and sums the masked rows)."""
+  each of the `data` axis's devices holds N / data clips, so that a split larger than one
+  device's memory fits on several; a step gathers its batch from the shards, and only the
+  gathered batch is all-gathered (tests/test_placement.py)."""
   return NamedSharding(mesh, P('data'))
 
 
 def put_clips(tree, mesh: Mesh):
   """Per-clip arrays (N, ...) on the mesh (`clips`), N padded with zero rows, which no index
-  reaches, up to a multiple of the `data` axis. An array already placed so stays as it is."""
+  reaches, up to a multiple of the `data` axis. An array already placed so stays as it is;
+  a device array placed otherwise is moved on the devices, not through the host."""
   d = mesh.shape['data']
 
   def put(x):
-    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(clips(mesh), x.ndim):
-      return x
-    x = np.asarray(x)
-    if len(x) % d:
-      x = np.concatenate([x, np.zeros((-len(x) % d,) + x.shape[1:], x.dtype)])
+    if isinstance(x, jax.Array):
+      if x.sharding.is_equivalent_to(clips(mesh), x.ndim):
+        return x
+      pad = jnp.zeros((-len(x) % d,) + x.shape[1:], x.dtype)
+    else:
+      x = np.asarray(x)
+      pad = np.zeros((-len(x) % d,) + x.shape[1:], x.dtype)
+    if len(pad):
+      x = (jnp if isinstance(x, jax.Array) else np).concatenate([x, pad])
     return jax.device_put(x, clips(mesh))
 
   return jax.tree.map(put, tree)
 
 
-FEATURES = ('audio', 'video_2d', 'video_3d')
-
-
-def put_split(split, mesh: Mesh):
-  """The split (a `data.Split`) with its features on the mesh (`put_clips`) instead of on
+def put_split(split: Split, mesh: Mesh) -> Split:
+  """The split with its features on the mesh (`put_clips`: (N', ...), N' >= N) instead of on
   the host: the run holds one copy of them, where the steps read it."""
   return dataclasses.replace(split, **put_clips({k: getattr(split, k) for k in FEATURES}, mesh))
 

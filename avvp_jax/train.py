@@ -26,10 +26,11 @@ from tqdm import tqdm
 
 from avvp_jax import denoise, losses, metrics, placement
 from avvp_jax.data import Split
+from avvp_jax.data.split import FEATURES
 from avvp_jax.data.classes import NUM_SEGMENTS
 from avvp_jax.models import HAN
 
-INPUTS = ('audio', 'video_2d', 'video_3d')
+INPUTS = FEATURES
 TARGETS = ('y_global', 'y_a', 'y_v')
 # Targets of a whole model rather than of a clip: not gathered into batches (JoMoLD's noise
 # ratios, (25,) per model).
@@ -355,7 +356,7 @@ def _forward_seeds(model: HAN, params, audio, video_2d, video_3d) -> dict:
 def predict(model: HAN, params, split: Split, batch_size: int,
             seeds: bool = False) -> dict[str, np.ndarray]:
   """Eval-mode outputs for a whole split, in fixed-size batches gathered on the device (the
-last one wraps around to the first clips).
+  last one wraps around to the first clips).
 
   Returns host arrays: global_prob, a_prob, v_prob (N, 25); frame_prob (N, T, 2, 25). With
   `seeds`, `params` are S models stacked on a leading axis, and each output gains it: (S, N, 25)

@@ -187,8 +187,10 @@ def plots_dir(workdir: str) -> str:
 def use_compilation_cache() -> None:
   """Keeps compiled programs across runs: in $JAX_COMPILATION_CACHE_DIR, else
   ~/.cache/avvp_jax/xla; every program, not only those that take a second to compile (JAX's
-  default), since a run's sub-second compiles add up to seconds. Reruns, resumes and later
+  default, kept where $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS is set), since a run's
+  sub-second compiles add up to seconds. Reruns, resumes and later
   runs of the same shapes then skip XLA."""
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser('~/.cache/avvp_jax/xla'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)

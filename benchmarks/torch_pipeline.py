@@ -30,8 +30,8 @@ follow YapengTian/AVVP-ECCV20/main_avvp.py for training and evaluation):
   The rule is `avvp_jax.refine.refine_labels` (METHOD.md section 4), and the stage-3 targets
   `avvp_jax.train.targets_from_labels`, with the reference's "an audio drop also clears y".
 
-Where this differs from the reference. Every departure makes the yardstick faster, never
-slower, so a speed-up measured against it is a lower bound:
+Where this differs from the reference. Every departure but one makes the yardstick faster;
+the one, a test evaluation after stage 1, is what the library's main command does too:
 - The features are in memory (the Split's arrays), not one `np.load` per clip and feature
   file; the reference also reads the truth of each evaluated clip out of the annotation CSVs
   with a pandas filter, here it is the Split's dense truth, indexed by the clip's row.
@@ -132,7 +132,7 @@ class PairDataset(torch.utils.data.Dataset):
     return {**own, **{f'{k}2': other[k] for k in INPUTS}, 'idx': i, 'idx2': j}
 
 
-def train_epoch(model: torch_han.HAN, loader, optimizer, device: torch.device,
+def _train_epoch(model: torch_han.HAN, loader, optimizer, device: torch.device,
                 tau: float) -> None:
   """One pass over the loader: per batch forward (train mode), MIL + contrastive, backward,
   one Adam update. No loss is fetched: a fetch per batch would wait for the device."""
@@ -145,7 +145,7 @@ def train_epoch(model: torch_han.HAN, loader, optimizer, device: torch.device,
     optimizer.step()
 
 
-def evaluate(model: torch_han.HAN, loader, split: Split, device: torch.device) -> dict:
+def _evaluate(model: torch_han.HAN, loader, split: Split, device: torch.device) -> dict:
   """The ten numbers of METHOD.md section 5, clip by clip as the reference's `eval`.
 
   loader: batch 1, not shuffled, over `split`: the batch index is the clip's row of
@@ -167,7 +167,7 @@ def evaluate(model: torch_han.HAN, loader, split: Split, device: torch.device) -
   return {key: float(np.mean(values)) for key, values in per_clip.items()}
 
 
-def refine_stage(model: torch_han.HAN, split: Split, refine_config, batch_size: int,
+def refine_clips(model: torch_han.HAN, split: Split, refine_config, batch_size: int,
                  device: torch.device, loader_workers: int = 0) -> dict[str, np.ndarray]:
   """Stage 2 on the training split with the frozen stage-1 model.
 
@@ -200,7 +200,7 @@ def refine_stage(model: torch_han.HAN, split: Split, refine_config, batch_size: 
   return out
 
 
-def run(splits: dict[str, Split], config: ml_collections.ConfigDict, device='cpu',
+def run_pipeline(splits: dict[str, Split], config: ml_collections.ConfigDict, device='cpu',
         seed: int = 0, loader_workers: int = 0, record: dict | None = None) -> dict[str, float]:
   """The three stages and the test evaluations; seconds per phase.
 
@@ -254,17 +254,17 @@ def run(splits: dict[str, Split], config: ml_collections.ConfigDict, device='cpu
                                                 gamma=tc.lr_decay)
     for _ in range(tc.epochs):
       with phase(epochs_phase):
-        train_epoch(model, loader, optimizer, device, config.loss.tau)
+        _train_epoch(model, loader, optimizer, device, config.loss.tau)
         scheduler.step()
       with phase('validation'):
-        evaluate(model, eval_loaders['val'], val, device)
+        _evaluate(model, eval_loaders['val'], val, device)
     with phase('test evaluation'):
-      scores = evaluate(model, eval_loaders['test'], test, device)
+      scores = _evaluate(model, eval_loaders['test'], test, device)
     return model, scores
 
   base, _ = train_stage(weak, 'base epochs')
   with phase('refinement'):
-    refined = refine_stage(base, train_split, config.refine, tc.batch_size, device,
+    refined = refine_clips(base, train_split, config.refine, tc.batch_size, device,
                            loader_workers)
     targets = train.targets_from_labels(
         train_split.labels, config.loss, refined['drop_a'], refined['drop_v'],
@@ -282,7 +282,7 @@ def run(splits: dict[str, Split], config: ml_collections.ConfigDict, device='cpu
 def main(argv):
   del argv
   f = flags.FLAGS
-  result = run(data.load_splits(f.config.data), f.config, f.device, f.seed, f.loader_workers)
+  result = run_pipeline(data.load_splits(f.config.data), f.config, f.device, f.seed, f.loader_workers)
   with open(f.json, 'w') as out:
     json.dump(result, out, indent=1)
 

@@ -318,7 +318,7 @@ def test_torch_pipeline_times_the_three_stages_and_refines_as_the_library():
   splits = data.load_splits(config.data)
   labels = splits['train'].labels
   record = {}
-  seconds = torch_pipeline.run(splits, config, record=record)
+  seconds = torch_pipeline.run_pipeline(splits, config, record=record)
   for phase in torch_pipeline.PHASES:
     assert seconds[phase] > 0, phase
   assert sum(seconds[p] for p in torch_pipeline.PHASES) <= seconds['wall']
@@ -342,7 +342,7 @@ def test_torch_pipeline_times_the_three_stages_and_refines_as_the_library():
       jax.random.key(0, impl=train.RNG_IMPL))
   t_model = torch_han.load_flax_params(torch_pipeline.make_model(config.model), params)
   torch.manual_seed(1)
-  got = torch_pipeline.refine_stage(t_model, splits['train'], config.refine, 16,
+  got = torch_pipeline.refine_clips(t_model, splits['train'], config.refine, 16,
                                     torch.device('cpu'))
   orig = train.predict(model, params, splits['train'], 16)
   swapped = refine.swapped_probs(model, params, splits['train'], got['partners'][:, None], 16)

@@ -3,8 +3,12 @@
 import dataclasses
 from typing import Optional
 
+import jax
 import numpy as np
 
+
+# The model's inputs, per clip.
+FEATURES = ('audio', 'video_2d', 'video_3d')
 
 # XLA's CPU client uses a host array in place of a device copy when its data starts on a
 # 64-byte boundary (NumPy's own arrays start on 16): the loaders allocate the features so,
@@ -28,7 +32,9 @@ def aligned_stack(arrays: list[np.ndarray]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split as host arrays, ready to be put on the accelerator.
+  """One split: host arrays as loaded, or, once a run has placed it
+  (`placement.put_split`), its features as device arrays of N' >= N rows (padded to the
+  mesh's `data` axis; rows past N are zeros that no index reaches).
 
   Attributes:
     names: (N,) clip filenames.
@@ -39,9 +45,9 @@ class Split:
     gt_a, gt_v: bool (N, 25, 10) dense audio / visual truth, or None where the split has none.
   """
   names: np.ndarray
-  audio: np.ndarray
-  video_2d: np.ndarray
-  video_3d: np.ndarray
+  audio: np.ndarray | jax.Array
+  video_2d: np.ndarray | jax.Array
+  video_3d: np.ndarray | jax.Array
   labels: np.ndarray
   gt_a: Optional[np.ndarray] = None
   gt_v: Optional[np.ndarray] = None
