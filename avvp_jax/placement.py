@@ -78,15 +78,12 @@ def put_clips(tree, mesh: Mesh):
   d = mesh.shape['data']
 
   def put(x):
-    if isinstance(x, jax.Array):
-      if x.sharding.is_equivalent_to(clips(mesh), x.ndim):
-        return x
-      pad = jnp.zeros((-len(x) % d,) + x.shape[1:], x.dtype)
-    else:
-      x = np.asarray(x)
-      pad = np.zeros((-len(x) % d,) + x.shape[1:], x.dtype)
-    if len(pad):
-      x = (jnp if isinstance(x, jax.Array) else np).concatenate([x, pad])
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(clips(mesh), x.ndim):
+      return x
+    xp = jnp if isinstance(x, jax.Array) else np
+    x = xp.asarray(x)
+    if len(x) % d:
+      x = xp.concatenate([x, xp.zeros((-len(x) % d,) + x.shape[1:], x.dtype)])
     return jax.device_put(x, clips(mesh))
 
   return jax.tree.map(put, tree)

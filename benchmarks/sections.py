@@ -26,6 +26,7 @@ import torch
 from avvp_jax import metrics, placement, refine, train
 from avvp_jax.extract import convert, extractor
 from avvp_jax.data import synthetic
+from avvp_jax.data.classes import NUM_SEGMENTS
 from avvp_jax.data.split import Split
 from avvp_jax.models import HAN, HybridAttentionLayer
 from benchmarks import flops, profiling, torch_extract, torch_han
@@ -632,23 +633,21 @@ def bench_memory(ctx: dict) -> tuple[list, list]:
   """The main command's peak resident memory at growing training splits, against the bytes
   of the features of all three splits."""
   sizes = ctx['sizes']
-  config = ctx['config'].data.synthetic
-  model = ctx['config'].model
-  per_clip = 10 * (model.audio_dim + model.video_2d_dim + model.video_3d_dim) * 4
   rows, figures, met = [], {}, True
   with tempfile.TemporaryDirectory() as tmp:
     env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': os.path.join(tmp, 'xla')}
     for n in sizes.memory_clips:
-      overrides = [*sizes.memory_overrides, f'--config.data.synthetic.num_train={n}']
+      workdir = os.path.join(tmp, str(n))
       seconds, peak = _measured_run(
           [sys.executable, os.path.join(ROOT, 'launch', 'main.py'), MA_CONFIG,
-           f'--workdir={os.path.join(tmp, str(n))}', *overrides], env, tmp)
-      clips = n + config.num_val + config.num_test
-      for o in sizes.memory_overrides:  # (The quick profile shrinks val and test too.)
-        for split in ('val', 'test'):
-          if o.startswith(f'--config.data.synthetic.num_{split}='):
-            clips += int(o.split('=')[1]) - getattr(config, f'num_{split}')
-      features = clips * per_clip
+           f'--workdir={workdir}', *sizes.memory_overrides,
+           f'--config.data.synthetic.num_train={n}'], env, tmp)
+      with open(os.path.join(workdir, 'config.json')) as f:  # The sizes the run used.
+        run = json.load(f)
+      data, model = run['data']['synthetic'], run['model']
+      clips = data['num_train'] + data['num_val'] + data['num_test']
+      features = clips * NUM_SEGMENTS * 4 * (
+          model['audio_dim'] + model['video_2d_dim'] + model['video_3d_dim'])
       limit = 1.5 * features + 1.5e9
       met = met and peak <= limit
       figures.update({f'peak_gb_{n}': peak / 1e9, f'features_gb_{n}': features / 1e9})

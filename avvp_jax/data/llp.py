@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 from avvp_jax.data import annotations, files
 from avvp_jax.data.classes import (AUDIO_DIM, FRAMES_PER_SEGMENT, NUM_CLASSES, NUM_SEGMENTS,
                                    VIDEO_2D_DIM, VIDEO_3D_DIM)
-from avvp_jax.data.split import Split, aligned_stack
+from avvp_jax.data.split import FEATURES, Split, aligned_stack
 
 SPLIT_FILES = {'train': 'AVVP_train.csv', 'val': 'AVVP_val_pd.csv', 'test': 'AVVP_test_pd.csv'}
 DENSE_FILES = {'gt_a': 'AVVP_eval_audio.csv', 'gt_v': 'AVVP_eval_visual.csv'}
@@ -240,7 +240,7 @@ def _read_split(source, names: list[str], build_dir: str) -> Split:
   records = [by_name[clip] for clip in names]
   stack = lambda field: np.stack([r[field] for r in records])
   has_truth = records[0]['gt_a'] is not None
-  features = {k: aligned_stack([r[k] for r in records]) for k in ('audio', 'video_2d', 'video_3d')}
+  features = {k: aligned_stack([r[k] for r in records]) for k in FEATURES}
   return Split(
       names=np.array(names), **features, labels=stack('labels'),
       gt_a=stack('gt_a') if has_truth else None, gt_v=stack('gt_v') if has_truth else None)
