@@ -24,9 +24,15 @@ class Checkpoint(NamedTuple):
   seeds: list[int] | None
 
 
-def _options(**kwargs) -> ocp.CheckpointManagerOptions:
+def _options(name: str, **kwargs) -> ocp.CheckpointManagerOptions:
   # A save cut short by a kill leaves a temp folder, which is not a checkpoint: remove it.
-  return ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True, **kwargs)
+  # `name` prefixes the manager's barriers across processes: two managers saving at once
+  # (a stage's last and best) would otherwise meet at the same barrier keys, which
+  # jax.distributed refuses ("Barrier ... is already ongoing").
+  return ocp.CheckpointManagerOptions(
+      create=True, cleanup_tmp_directories=True,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
+      **kwargs)
 
 
 _EXISTING = ocp.CheckpointManagerOptions(create=False)
@@ -99,10 +105,12 @@ class StageCheckpoints:
   def __init__(self, workdir: str, stage: str):
     paths = wd.stage_paths(workdir, stage)
     self.directory = paths['checkpoints']
-    self._last = ocp.CheckpointManager(paths['checkpoints'], options=_options(max_to_keep=1))
+    self._last = ocp.CheckpointManager(paths['checkpoints'],
+                                       options=_options(f'{stage}_last', max_to_keep=1))
     # Two: a kill between the commits of `save_best` and `save` leaves a best newer than the
     # last epoch, which `restore` deletes; the best before it must still be there.
-    self._best = ocp.CheckpointManager(paths['best'], options=_options(max_to_keep=2))
+    self._best = ocp.CheckpointManager(paths['best'],
+                                       options=_options(f'{stage}_best', max_to_keep=2))
 
   def __enter__(self):
     return self
@@ -170,7 +178,7 @@ class StageCheckpoints:
 def save_refined(workdir: str, targets: dict[str, np.ndarray], stats: dict) -> None:
   """Saves stage 2's output, one per seed: {drop_a, drop_v (S, N, 25) bool, partners (S, N, K)
   int}, and its statistics (whose `seeds` name the stacked axis)."""
-  with ocp.CheckpointManager(wd.refine_dir(workdir), options=_options()) as mngr:
+  with ocp.CheckpointManager(wd.refine_dir(workdir), options=_options('refined')) as mngr:
     mngr.save(0, args=ocp.args.Composite(targets=ocp.args.StandardSave(targets),
                                          stats=ocp.args.JsonSave(stats)))
     mngr.wait_until_finished()

@@ -1,6 +1,10 @@
 """Orbax checkpoints: a stage's last and best epochs, restores, the refined labels."""
 
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -98,6 +102,53 @@ def test_an_epoch_is_saved_only_after_its_best_has_committed(tmp_path, monkeypat
                         lambda *a, **k: order.append('epoch saved') or last_save(*a, **k))
     ckpt.save(1, {'w': jnp.zeros(2)}, {'epoch': 1, 'best_val': [1.0], 'best_epoch': [1]})
     assert order == ['best committed', 'epoch saved']
+
+
+# One process of a two-process run: a stage's saves every epoch, each after a random pause,
+# so that one process's best is saved while the other's last epoch is still committing.
+_TWO_PROCESS_SAVES = """
+import sys, time
+import jax, numpy as np
+port, process_id, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize(f'127.0.0.1:{port}', 2, process_id, heartbeat_timeout_seconds=10)
+from avvp_jax import checkpoints
+rng = np.random.default_rng(process_id)
+state = {'w': np.zeros((2000, 1000), np.float32)}
+with checkpoints.StageCheckpoints(workdir, 'base') as ckpt:
+  for epoch in range(1, 31):
+    time.sleep(rng.uniform(0, 0.05))
+    ckpt.save_best(epoch, state, [0])
+    ckpt.save(epoch, state, {'epoch': epoch, 'best_epoch': [epoch]})
+"""
+
+
+def test_two_processes_save_a_stages_last_and_best_at_once(tmp_path):
+  """Under jax.distributed, a stage's two managers save concurrently (one epoch's best while
+  the last epoch commits): their barriers across processes must not share keys."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  logs = [tmp_path / f'process_{i}.log' for i in (0, 1)]
+  procs = []
+  for i, log in enumerate(logs):
+    with open(log, 'w') as f:
+      procs.append(subprocess.Popen(
+          [sys.executable, '-c', _TWO_PROCESS_SAVES, str(port), str(i), str(tmp_path)],
+          env=env, stdout=f, stderr=subprocess.STDOUT))
+  deadline = time.monotonic() + 120
+  while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+    if any(p.poll() for p in procs):  # One failed: its peer would wait at a barrier.
+      break
+    time.sleep(0.2)
+  for p in procs:
+    p.kill()
+    p.wait()
+  assert [p.returncode for p in procs] == [0, 0], '\n'.join(
+      f'process {i} (exit {p.returncode}):\n{log.read_text()[-2000:]}'
+      for i, (p, log) in enumerate(zip(procs, logs)))
+  with checkpoints.StageCheckpoints(str(tmp_path), 'base') as ckpt:
+    assert ckpt._last.latest_step() == ckpt._best.latest_step() == 30
 
 
 def test_a_best_that_is_gone_is_a_clear_error_on_resume(tmp_path):
