@@ -277,19 +277,20 @@ def curves(records: list[EpochRecord]) -> Figure:
 
 def plot_run(config, workdir: str, splits: dict[str, Split], *, split: str = 'test',
                clips: list[str] | None = None, num_clips: int = 3, seed: int | None = None,
-               model: str = 'last', out: str | None = None) -> list[str]:
+               model: str | None = None, out: str | None = None) -> list[str]:
   """The pictures of a run from what its workdir holds, as PNG files in `out` (default
   <workdir>/plots); returns their paths. A picture whose input is not there yet is left out.
 
   - timeline_<split>_<clip>.png: per clip of `split` (`clips`, or the first `num_clips` with
-    an event of one modality only), each trained stage's `model` of `seed` (default the
-    first) against the truth;
+    an event of one modality only), each trained stage's `model` (default the one the
+    method tests, `config.eval.model`) of `seed` (default the first) against the truth;
   - refinement.png: training clips with labels that stage 2 dropped for `seed`, against the
     truth where the split has it;
   - per_class.png: per-class segment F on test of each finished stage (mean over the seeds);
   - curves.png: the loss terms and val Type@AV per epoch, every stage and seed.
   """
   out = out or wd.plots_dir(workdir)
+  model = model or train.eval_protocol(config).model
   figures = _timelines(config, workdir, splits[split], split, clips, num_clips, seed, model)
   refined = checkpoints.load_refined(workdir)
   if refined is not None and 'drop_a' in refined:  # (JoMoLD's stage 2 drops nothing.)

@@ -27,9 +27,10 @@ _CLIPS = flags.DEFINE_list('clips', None, 'Clips of --split to draw timelines of
 _NUM_CLIPS = flags.DEFINE_integer('num_clips', 3, 'Without --clips: how many to choose.')
 _SPLIT = flags.DEFINE_enum('split', 'test', ['val', 'test'], 'Whose clips the timelines show.')
 _SEED = flags.DEFINE_integer('seed', None, "Which seed's models; default the workdir's first.")
-_MODEL = flags.DEFINE_enum('model', 'last', list(wd.MODEL_SELECTIONS),
-                           "The timelines' model: the last epoch, or the best on val Type@AV "
-                           "(per_class.png is the stages' test reports, of the last epoch).")
+_MODEL = flags.DEFINE_enum('model', None, list(wd.MODEL_SELECTIONS),
+                           "The timelines' model: the last epoch or the best on val; default "
+                           "the one the method tests (config.eval.model), which per_class.png, "
+                           "from the stages' test reports, shows too.")
 _OUT = flags.DEFINE_string('out', None, 'Where the pictures go.')
 flags.mark_flags_as_required(['workdir'])
 

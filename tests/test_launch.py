@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from avvp_jax import pipeline, plots
+from avvp_jax import checkpoints, pipeline, plots
 from avvp_jax.data import annotations, load_splits
 from configs import ma
 
@@ -105,7 +105,8 @@ def test_parse_then_evaluate_the_events_files_gives_the_stage_report(tmp_path, b
   assert by_id == by_name
 
 
-def test_plots_entry_draws_the_chosen_clips_and_what_the_workdir_holds(tmp_path, base_run):
+def test_plots_entry_draws_the_chosen_clips_and_what_the_workdir_holds(tmp_path, base_run,
+                                                                      monkeypatch):
   """The main command's pictures of a run without refinement: no refinement.png, one row
   per timeline; plots.py redraws them for chosen clips; a clip that is not there is named."""
   config, workdir, _ = base_run
@@ -126,3 +127,12 @@ def test_plots_entry_draws_the_chosen_clips_and_what_the_workdir_holds(tmp_path,
   paths = plots.plot_run(config, str(workdir), splits, num_clips=0,
                             out=str(tmp_path / 'none'))
   assert sorted(os.path.basename(p) for p in paths) == ['curves.png', 'per_class.png']
+  # The timelines show the model that the method tests (and per_class.png scores), unless told.
+  shown, restore = [], checkpoints.restore_params
+  monkeypatch.setattr(checkpoints, 'restore_params',
+                      lambda w, stage, which: shown.append(which) or restore(w, stage, which))
+  best = config.copy_and_resolve_references()
+  best.eval.model = 'best_val'
+  for c, model in ((best, None), (config, None), (best, 'last')):
+    plots.plot_run(c, str(workdir), splits, num_clips=1, model=model, out=str(tmp_path / 'm'))
+  assert shown == ['best_val', 'last', 'last']
