@@ -98,7 +98,8 @@ PROFILES = {
                    extract_sides=(32, 16), phases_overrides=QUICK_RUN, phases_runs=('cold',),
                    e2e_overrides=QUICK_RUN, e2e_rounds=1, memory_clips=(64,),
                    memory_overrides=QUICK_RUN),
-    # About 5 minutes on 2 cores. DataLoader workers would compete with the compute threads.
+    # The step-level sections about 6 minutes on 2 cores, the whole suite about 35 (phases, e2e
+    # and memory run the main command). DataLoader workers would compete with the compute threads.
     # 50 epoch steps: two calls of train_steps at the config's 25 steps per call.
     'cpu': Sizes(attention_batches=(16, 64, 256), step_batches=(BATCH, 256), epoch_steps=50,
                  refine_clips=128, refine_pairs_per_batch=128, partners=(1, 4, 16),
@@ -107,7 +108,7 @@ PROFILES = {
                  e2e_overrides=('--config.data.synthetic.num_train=1000',
                                 '--config.train.epochs=4')),
     # GPU / TPU: batches that fill the chip, the whole epoch, and stage 2 on the LLP train
-    # split at the config's pairs per batch; a few minutes.
+    # split at 1,024 pairs per batch; a few minutes.
     'accelerator': Sizes(attention_batches=(16, 64, 256, 4096), step_batches=(BATCH, 4096),
                          epoch_steps=LLP_TRAIN_CLIPS // BATCH, refine_clips=LLP_TRAIN_CLIPS,
                          refine_pairs_per_batch=1024, partners=(1, 4, 16), eval_clips=1200,
