@@ -55,5 +55,6 @@ def one_seed(config, checkpoint: Checkpoint, seed: int | None, source: str,
     raise ValueError(f'The parameters in {source} are not those of the model of config.model '
                      f'(first difference at {differ}: {got.get(differ)} in the checkpoint, '
                      f'{want.get(differ)} in the model). Give the config the model was '
-                     'trained with.')
+                     'trained with, and the training stage where its models differ '
+                     "(JoMoLD's stage 1 has no cross-modal attention).")
   return model, params, seed

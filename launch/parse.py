@@ -43,7 +43,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, "With --checkpoint: the model's config file, default the config.json of "
     'the workdir holding the checkpoint.')
 _STAGE = flags.DEFINE_enum('stage', None, list(wd.TRAINING_STAGES),
-                           "Whose model; default the run's last training stage.")
+                           "Whose model; default the run's last training stage. With "
+                           "--checkpoint, the stage that trained it (default: the stage whose "
+                           "folder holds it); give it for a checkpoint moved out of its "
+                           "workdir where the stages' models differ (JoMoLD's stage 1).")
 _MODEL = flags.DEFINE_enum('model', None, list(wd.MODEL_SELECTIONS),
                            "The last epoch, or the best on val by the method's metric; "
                            "default the method's own (config.eval.model).")
@@ -80,7 +83,7 @@ def _model_source():
     path = os.path.abspath(_CHECKPOINT.value)
     checkpoint = checkpoints.restore_checkpoint(path)
     config = _CONFIG.value or wd.load_config(wd.workdir_of(path))
-    return config, checkpoint, path, None, _stage_of(path)
+    return config, checkpoint, path, None, _STAGE.value or _stage_of(path)
   if _CONFIG.value:
     raise app.UsageError("--config goes with --checkpoint; a workdir's model is its own.")
   workdir = os.path.abspath(_WORKDIR.value)

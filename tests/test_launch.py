@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from avvp_jax import checkpoints, pipeline, plots
 from avvp_jax.data import annotations, load_splits
-from configs import ma
+from configs import jomold, ma
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ('tpu_vm.sh', 'slurm.sbatch')
@@ -103,6 +104,32 @@ def test_parse_then_evaluate_the_events_files_gives_the_stage_report(tmp_path, b
   by_id, by_name = (json.loads((f / 'report_test.json').read_text())['results']
                     for f in (tmp_path / 'parsed', named))
   assert by_id == by_name
+
+
+def test_a_checkpoint_moved_out_of_its_workdir_is_the_model_of_the_stage_given(tmp_path):
+  """JoMoLD's stage 1 has no cross-modal attention: a copy of its best/ folder outside the
+  workdir is refused without --stage, naming the stage; with --stage=base it gives the
+  events of the workdir's own stage 1."""
+  overrides = {'model.d_model': 32, 'model.ffn_dim': 32, 'data.synthetic.num_train': 32,
+               'data.synthetic.num_val': 8, 'data.synthetic.num_test': 24, 'train.epochs': 1,
+               'refine.enabled': False}
+  config = jomold.get_config()
+  config.update_from_flattened_dict(overrides)
+  workdir = tmp_path / 'run'
+  pipeline.run(config, str(workdir))
+  moved = tmp_path / 'moved'
+  shutil.copytree(workdir / 'base' / 'best', moved)
+  flags = ['--config=configs/jomold.py',
+           *(f'--config.{k}={v}' for k, v in overrides.items()), f'--checkpoint={moved}',
+           '--split=test', f'--out={tmp_path / "events"}']
+  refused = subprocess.run([sys.executable, str(ROOT / 'launch' / 'parse.py'), *flags], cwd=ROOT,
+                           capture_output=True, text=True)
+  assert refused.returncode == 1 and 'the training stage' in refused.stderr, refused.stderr
+  _launch('parse.py', *flags, '--stage=base')
+  _launch('parse.py', f'--workdir={workdir}', '--stage=base', '--split=test')
+  for m in ('audio', 'visual'):
+    assert ((tmp_path / 'events' / f'events_{m}.csv').read_text()
+            == (workdir / 'base' / 'events_test' / f'events_{m}.csv').read_text())
 
 
 def test_plots_entry_draws_the_chosen_clips_and_what_the_workdir_holds(tmp_path, base_run,
