@@ -1,4 +1,4 @@
-"""Losses of HAN and MA (METHOD.md sections 3 and 4): MIL BCE and contrastive; and of the
+"""Losses of HAN and MA (docs/spec.md sections 3 and 4): MIL BCE and contrastive; and of the
 methods after MA: VALOR's segment-level pseudo-label loss and JoMoLD's weighted MIL with its
 contrastive term.
 

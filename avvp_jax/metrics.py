@@ -1,4 +1,4 @@
-"""The AVVP evaluation protocol (METHOD.md, section 5), vectorised over clips and classes.
+"""The AVVP evaluation protocol (docs/spec.md, section 5), vectorised over clips and classes.
 
 Predictions and truth are boolean arrays of shape (N, C, T): clips, classes, segments.
 Audio-visual arrays are always derived inside `evaluate` as the AND of audio and visual.

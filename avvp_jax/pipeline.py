@@ -1,4 +1,4 @@
-"""The MA pipeline (METHOD.md section 4): base training -> refinement -> retraining, then
+"""The MA pipeline (docs/spec.md section 4): base training -> refinement -> retraining, then
 the pictures and the gain table.
 
 It holds the workdir, checks the config against it, loads the data once, runs the stages of

@@ -3,7 +3,7 @@
 For each training clip i and partner j with a disjoint label set, the frozen base model sees
 (V_i, A_j) ("changed audio") and (V_j, A_i) ("changed visual"). A labelled event that the
 model stops seeing when a track is replaced was carried by that track only: the rule of
-METHOD.md section 4 then drops the label from the other modality's target. K partners per clip
+docs/spec.md section 4 then drops the label from the other modality's target. K partners per clip
 are evaluated at once with `jax.vmap` and their probabilities averaged; K = 1 is the paper.
 """
 
@@ -19,7 +19,7 @@ from avvp_jax.data.classes import CLASSES
 from avvp_jax.models import HAN
 
 MAX_DRAW_ROUNDS = 50
-# METHOD.md section 4: the frozen model's training error counts predictions at 0.5, as the
+# docs/spec.md section 4: the frozen model's training error counts predictions at 0.5, as the
 # evaluation does; the rule's bar (`refine.threshold`) is a separate number.
 ERROR_THRESHOLD = 0.5
 
@@ -128,7 +128,7 @@ def normalised_error(prob: np.ndarray, labels: np.ndarray,
 
 def refine_labels(orig: dict, swapped: dict, labels: np.ndarray, threshold: float = 0.5,
                   modalities: str = 'both') -> tuple[np.ndarray, np.ndarray]:
-  """The refinement rule of METHOD.md section 4.
+  """The refinement rule of docs/spec.md section 4.
 
   Args:
     orig: a_prob, v_prob (N, 25) on the original pairs.

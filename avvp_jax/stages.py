@@ -1,4 +1,4 @@
-"""The stages of MA in a workdir (METHOD.md section 4): base -> refine -> final.
+"""The stages of MA in a workdir (docs/spec.md section 4): base -> refine -> final.
 
 Each stage finds its input in the workdir, computes with `train` or `refine`, and leaves its
 output there (`checkpoints`, `logs`, `reports`); a finished stage is found and not redone,

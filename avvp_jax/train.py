@@ -381,7 +381,7 @@ def predict(model: HAN, params, split: Split, batch_size: int,
 
 def segment_predictions(out: dict, clip_filter: str = 'modality'):
   """`metrics.segment_predictions` of model outputs, each modality's segments filtered by its
-  own clip-level probability (`clip_filter` 'modality': a_prob, v_prob; METHOD.md 5, MA and
+  own clip-level probability (`clip_filter` 'modality': a_prob, v_prob; docs/spec.md 5, MA and
   JoMoLD) or both by global_prob ('global': VALOR's evaluation). Returns (pred_a, pred_v)."""
   if clip_filter == 'modality':
     return metrics.segment_predictions(out['frame_prob'], out['a_prob'], out['v_prob'])
@@ -417,7 +417,7 @@ def _scores(out: dict, split: Split, clip_filter: str) -> dict:
 
 def evaluate_split(model: HAN, params, split: Split, batch_size: int, seeds: bool = False,
                    clip_filter: str = 'modality'):
-  """The ten numbers of METHOD.md section 5 and per-class segment F on a split with truth:
+  """The ten numbers of docs/spec.md section 5 and per-class segment F on a split with truth:
   {'results', 'per_class_audio', 'per_class_visual'}; with `seeds` (stacked `params`), a list
   of those, one per model. `clip_filter`: see `segment_predictions`."""
   out = predict(model, params, split, batch_size, seeds)

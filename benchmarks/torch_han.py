@@ -1,6 +1,6 @@
 """HAN, its losses and its training step in PyTorch: the yardstick of benchmarks/run.py.
 
-Written from METHOD.md sections 2 and 3 the way a PyTorch user writes it, not part of the
+Written from docs/spec.md sections 2 and 3 the way a PyTorch user writes it, not part of the
 library: `nn.MultiheadAttention`, the shared layer called once per modality, `fc_v` on the 2D
 features at 8 frames per second (B, 80, 2048) and the mean over each segment's 8 frames after
 it, default `torch.optim.Adam`, and a `DataLoader` over per-clip arrays.

@@ -7,7 +7,7 @@ of the library's whole pipeline (base training -> label refinement -> retraining
 Writes {phase: seconds} for 'base epochs', 'validation', 'refinement', 'final epochs',
 'test evaluation' and 'wall', and the final model's test Type@AV (segment level) under
 'final_test_type', a sanity figure. Not part of the library: the model, its losses and the 2D
-features at 80 frames are benchmarks/torch_han.py's; the method is METHOD.md sections 3-5.
+features at 80 frames are benchmarks/torch_han.py's; the method is docs/spec.md sections 3-5.
 
 What is mirrored, from Yu-Wu/Modaily-Aware-Audio-Visual-Video-Parsing (MA's scripts, which
 follow YapengTian/AVVP-ECCV20/main_avvp.py for training and evaluation):
@@ -27,7 +27,7 @@ follow YapengTian/AVVP-ECCV20/main_avvp.py for training and evaluation):
   features; per batch three forward passes in eval mode: (V_i, A_i), (V_j, A_i) ("changed
   visual") and (V_i, A_j) ("changed audio"); the probabilities gathered over the loop, the
   error rates of the original pairs and the rule applied once at the end (`estimate_label`).
-  The rule is `avvp_jax.refine.refine_labels` (METHOD.md section 4), and the stage-3 targets
+  The rule is `avvp_jax.refine.refine_labels` (docs/spec.md section 4), and the stage-3 targets
   `avvp_jax.train.targets_from_labels`, with the reference's "an audio drop also clears y".
 
 Where this differs from the reference. Every departure but one makes the yardstick faster;
@@ -43,7 +43,7 @@ the one, a test evaluation after stage 1, is what the library's main command doe
   reference's unused similarity products and `fc_a(audio2)` are not computed; stage 3 takes
   its refined targets as arrays (the reference's items test `idx in list` per class) and loads
   no unused `audio2` track.
-- Error rates count predictions at >= 0.5 (METHOD.md, the library); the reference's at > 0.5.
+- Error rates count predictions at >= 0.5 (docs/spec.md, the library); the reference's at > 0.5.
 - DataLoader workers: `loader_workers` for training and stage 2 (the reference: 12), at most 1
   for evaluation (the reference: 1); 0 by default, as the suite's CPU profile, where workers
   would compete with the compute threads.
@@ -146,7 +146,7 @@ def _train_epoch(model: torch_han.HAN, loader, optimizer, device: torch.device,
 
 
 def _evaluate(model: torch_han.HAN, loader, split: Split, device: torch.device) -> dict:
-  """The ten numbers of METHOD.md section 5, clip by clip as the reference's `eval`.
+  """The ten numbers of docs/spec.md section 5, clip by clip as the reference's `eval`.
 
   loader: batch 1, not shuffled, over `split`: the batch index is the clip's row of
   split.gt_a / split.gt_v (25, 10). Each clip's scores (x100) are appended per key and

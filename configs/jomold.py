@@ -32,7 +32,7 @@ Every default is the official code's (MCG-NJU/JoMoLD `main.py` and
   `reference` schedule);
 - model selection: in both training stages the epoch with the best validation event-level
   audio F, greater or equal (the last of ties); stage 2 reads that epoch of stage 1.
-  Segment predictions are filtered by a_prob / v_prob (METHOD.md section 5).
+  Segment predictions are filtered by a_prob / v_prob (docs/spec.md section 5).
 
 Schedules: `builtin` (default): batch 16, 8 epochs per stage, lr x 0.25 every 3 epochs:
 MA's built-in schedule, 1,000 updates per stage on the 2,000 built-in clips (the official

@@ -119,11 +119,11 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   # fetch per call. Sets the speed only: a workdir may be resumed with another value.
   config.train.steps_per_call = 25
   # Which stage-1 model feeds the refinement: 'last' (reference) or 'best_val'
-  # (highest validation Type@AV, guards against an over-fitted base; METHOD.md 4b).
+  # (highest validation Type@AV, guards against an over-fitted base; docs/spec.md 4b).
   config.train.base_selection = 'last'
   config.train.eval_batch_size = 256
 
-  # The evaluation protocol (METHOD.md section 5) and model selection, per method.
+  # The evaluation protocol (docs/spec.md section 5) and model selection, per method.
   config.eval = ml_collections.ConfigDict()
   # Segments of a modality count where its clip-level probability passes 0.5: 'modality'
   # (a_prob, v_prob; MA, JoMoLD) or 'global' (global_prob for both; VALOR).
@@ -140,7 +140,7 @@ def get_config(arg: str = 'cr') -> ml_collections.ConfigDict:
   config.refine.modalities = 'both'  # 'audio', 'visual' or 'both' (Table 3).
   config.refine.num_partners = 1  # K; 1 is the paper.
   # The rule's bar: drop where both swapped probabilities / E fall below it (0.5 in the
-  # paper). E itself always counts the frozen model's errors at 0.5 (METHOD.md section 4).
+  # paper). E itself always counts the frozen model's errors at 0.5 (docs/spec.md section 4).
   config.refine.threshold = 0.5
   # With several seeds: apply the rule to the mean probabilities of all seeds' stage-1 models
   # (on each seed's partners) instead of each seed's own model.

@@ -4,7 +4,7 @@
 
 For each training stage (base, final) that has saved a checkpoint, finished or not, it
 restores the last epoch (`--model=last`) or the best validation epoch so far
-(`--model=best_val`) of every seed, prints the table of METHOD.md section 5 (mean ± sd over
+(`--model=best_val`) of every seed, prints the table of docs/spec.md section 5 (mean ± sd over
 the seeds, and each seed's) on the data source of the workdir's config, and per-class F
 (means over the seeds), and writes
 eval_<split>.json (eval_<split>_best_val.json) beside the checkpoints (not

@@ -1,4 +1,4 @@
-"""Tests of the evaluation protocol (METHOD.md, section 5) in avvp_jax.metrics."""
+"""Tests of the evaluation protocol (docs/spec.md, section 5) in avvp_jax.metrics."""
 
 import numpy as np
 import pytest

@@ -20,7 +20,7 @@ OUTPUT_KEYS = {'global_prob', 'a_prob', 'v_prob', 'frame_logits', 'frame_prob', 
                'av_att', 'h_a', 'h_v', 'v'}
 
 
-# Float64 NumPy reference of METHOD.md section 2.
+# Float64 NumPy reference of docs/spec.md section 2.
 
 
 def np_dense(p, x):

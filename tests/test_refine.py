@@ -163,7 +163,7 @@ def test_swapped_probs_equal_explicit_calls_on_re_paired_inputs():
 
 
 def _rule_by_loop(orig, swapped, labels, threshold=0.5, error_at=0.5):
-  """METHOD.md section 4, clip by clip and class by class, with E_a and E_v computed apart;
+  """docs/spec.md section 4, clip by clip and class by class, with E_a and E_v computed apart;
   `threshold` is the rule's bar, `error_at` where the training error counts a prediction."""
   n, c = labels.shape
   err = {m: np.array([np.mean([(orig[f'{m}_prob'][i, k] >= error_at) != (labels[i, k] > 0)
@@ -206,7 +206,7 @@ def test_refinement_rule_with_graded_and_unequal_errors_matches_a_plain_loop():
 
 @pytest.mark.parametrize('threshold', [0.3, 0.8])
 def test_the_rules_bar_moves_the_drops_but_not_where_errors_are_counted(threshold):
-  """Another bar than 0.5: E still counts the training errors at 0.5 (METHOD.md section 4),
+  """Another bar than 0.5: E still counts the training errors at 0.5 (docs/spec.md section 4),
   and that is not the same as counting them at the bar (the probabilities are graded here)."""
   rng = np.random.default_rng(4)
   n = 200

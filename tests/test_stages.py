@@ -46,7 +46,7 @@ def _spy_training_targets(monkeypatch) -> list[dict]:
 
 @pytest.mark.parametrize('clears_global', [True, False])
 def test_final_stage_trains_on_the_drop_masks(tmp_path, monkeypatch, clears_global):
-  """Stage 1 trains on the weak labels, stage 3 on exactly the targets of METHOD.md section 4
+  """Stage 1 trains on the weak labels, stage 3 on exactly the targets of docs/spec.md section 4
   from the saved masks (random here, and different per modality, so that a swap of the two
   would show)."""
   config = _tiny_config(**{'refine.audio_drop_clears_global': clears_global})

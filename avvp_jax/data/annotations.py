@@ -1,4 +1,4 @@
-"""Parsers for the LLP annotation files (METHOD.md section 1).
+"""Parsers for the LLP annotation files (docs/spec.md section 1).
 
 Two formats, both tab-separated with a header row:
   * weak labels (`AVVP_train.csv`, `AVVP_val_pd.csv`, ...): `filename`, `event_labels`

@@ -5,7 +5,7 @@
 prints the `LLP_STATS` literal kept in `avvp_jax/data/synthetic.py`. Statistics:
   * `class_freq[c]`: fraction of train clips whose weak label contains c (AVVP_train.csv).
   * `modality[c]`: over the (clip, c) pairs of the val+test weak labels, the fractions that are
-    audible only, visible only, both, neither in the dense annotations (METHOD.md section 1).
+    audible only, visible only, both, neither in the dense annotations (docs/spec.md section 1).
   * `full[m][c]`: for modality m, the fraction of present (clip, c) pairs whose event covers all
     10 segments; `mean_len[m][c]`: the mean number of covered segments when it does not.
   * `multi_run[m]`: fraction of present, not-full (clip, class) pairs with more than one event.

@@ -1,4 +1,4 @@
-"""The public LLP release (METHOD.md section 1), converted once into a tensorflow-datasets build.
+"""The public LLP release (docs/spec.md section 1), converted once into a tensorflow-datasets build.
 
 `load(config.data)` reads the five annotation CSVs it needs in `config.data.dir` and one
 `.npy` per clip and feature (named by its 11-character video id) from three folders, by default
@@ -6,7 +6,7 @@
 of the reference repositories), or set by `audio_dir`, `video_dir`, `st_dir`.
 The first call validates every file and writes an array_record build (a tfds progress bar);
 later calls only read it back. The 2D features are stored pre-averaged to (10, 2048): fc_v is
-affine, so averaging the 8 frames of a segment first gives the same model (METHOD.md section 2)
+affine, so averaging the 8 frames of a segment first gives the same model (docs/spec.md section 2)
 with 8x less storage.
 
 Staleness: the build goes to <tfds_dir>/inputs-<key>/llp/<version>, where `key` hashes the

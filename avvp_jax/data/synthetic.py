@@ -1,6 +1,6 @@
 """A built-in, LLP-shaped synthetic data set, generated in memory from a seed.
 
-It keeps what makes weakly-supervised audio-visual parsing hard (METHOD.md section 1): the 25
+It keeps what makes weakly-supervised audio-visual parsing hard (docs/spec.md section 1): the 25
 LLP classes with LLP's class frequencies (about 1.6 labels per clip), events with temporal
 extents, and per-class modality asynchrony: a labelled event is audible only, visible only,
 both or neither at LLP's per-class rates (Speech is audible only in ~76 % of its clips), so the

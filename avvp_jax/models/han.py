@@ -4,7 +4,7 @@ Per clip: audio, 2D-visual and 3D-visual segment features are embedded, one
 hybrid-attention layer (self-attention plus cross-modal attention, shared by
 both modalities) contextualises them, and multimodal multiple-instance
 pooling (MMIL) turns segment-level logits into clip-level probabilities.
-METHOD.md section 2 is the specification.
+docs/spec.md section 2 is the specification.
 
 Parameter names are kept simple (fc_a, han_layer/cross_attn/query, ...) so
 that a PyTorch port is a rename and a transpose: every `nn.Dense` kernel is
