@@ -30,7 +30,6 @@ from avvp_jax.data.split import FEATURES
 from avvp_jax.data.classes import NUM_SEGMENTS
 from avvp_jax.models import HAN
 
-INPUTS = FEATURES
 TARGETS = ('y_global', 'y_a', 'y_v')
 # Targets of a whole model rather than of a clip: not gathered into batches (JoMoLD's noise
 # ratios, (25,) per model).
@@ -164,7 +163,7 @@ def device_arrays(split: Split, targets: dict[str, np.ndarray], mesh: Mesh,
   on the mesh), and the targets, e.g. 'y_global' | 'y_a' | 'y_v': (N, 25), replicated. With
   `seeds`, the targets are those of S models, (S, N, ...), sharded over the `seed` axis.
   """
-  inputs = {k: getattr(split, k) for k in INPUTS}
+  inputs = {k: getattr(split, k) for k in FEATURES}
   if truth:  # TRUTH: (N, 25), whether each class is heard / seen anywhere in the clip.
     inputs.update(truth_a=split.gt_a.any(-1), truth_v=split.gt_v.any(-1))
   inputs = placement.put_clips(inputs, mesh)
@@ -180,7 +179,7 @@ def loss_fn(params, model: HAN, loss_config, batch: dict, rng) -> tuple[jax.Arra
   `batch['warmup']`. Its counts of drops (and, with truth, of right drops and of labels
   truly absent) join the terms.
   """
-  apply = lambda key, **kw: model.apply({'params': params}, *(batch[k] for k in INPUTS),
+  apply = lambda key, **kw: model.apply({'params': params}, *(batch[k] for k in FEATURES),
                                         train=True, rngs={'dropout': key}, **kw)
   if not loss_config.get('denoise', False):
     return losses.total_loss(apply(rng), batch, loss_config)
@@ -205,7 +204,7 @@ def loss_fn(params, model: HAN, loss_config, batch: dict, rng) -> tuple[jax.Arra
 @functools.lru_cache
 def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
                   loss_config: ml_collections.FrozenConfigDict, num_clips: int, mesh: Mesh,
-                  seeds: bool = False, data_keys: tuple[str, ...] = INPUTS + TARGETS):
+                  seeds: bool = False, data_keys: tuple[str, ...] = FEATURES + TARGETS):
   """Returns (schedule, tx, train_steps) with jitted
   `train_steps(state, data, idx, rng, first, num_steps) -> (state, terms)`.
 
@@ -261,7 +260,7 @@ def make_training(model: HAN, train_config: ml_collections.FrozenConfigDict,
 
   if not seeds:
     return schedule, tx, jax.jit(train_steps, donate_argnums=0)
-  data_axes = {k: None if k in INPUTS + TRUTH else 0 for k in data_keys}
+  data_axes = {k: None if k in FEATURES + TRUTH else 0 for k in data_keys}
   return schedule, tx, jax.jit(over_seeds(train_steps, (0, data_axes, 0, 0, None, None)),
                                donate_argnums=0)
 
@@ -335,7 +334,7 @@ def _gather_batch(data: dict, mesh: Mesh, idx) -> list[jax.Array]:
   """The inputs of the clips `idx` (B,) of the device-resident `data`, sharded along `data`:
   a program of its own, so that the forward pass compiles once per batch size, not once per
   split size."""
-  return jax.lax.with_sharding_constraint([data[k][idx] for k in INPUTS],
+  return jax.lax.with_sharding_constraint([data[k][idx] for k in FEATURES],
                                           placement.batched(mesh))
 
 

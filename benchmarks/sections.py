@@ -27,7 +27,7 @@ from avvp_jax import metrics, placement, refine, train
 from avvp_jax.extract import convert, extractor
 from avvp_jax.data import synthetic
 from avvp_jax.data.classes import NUM_SEGMENTS
-from avvp_jax.data.split import Split
+from avvp_jax.data.split import FEATURES, Split
 from avvp_jax.models import HAN, HybridAttentionLayer
 from benchmarks import flops, profiling, torch_extract, torch_han
 from benchmarks.report import format_profile, result_row, target
@@ -274,7 +274,7 @@ def _train_step(b: _TrainBench, batch: int) -> tuple[list, list]:
   """One batch size: JAX's step, PyTorch's at 80 frames (and on segment means at BATCH)."""
   per_clip, per_clip_frames = flops.per_clip(), flops.per_clip(frames_2d=80)
   idx = b.trainer.indices(batch)
-  host = _first({**{k: getattr(b.split, k) for k in train.INPUTS}, **b.targets}, batch)
+  host = _first({**{k: getattr(b.split, k) for k in FEATURES}, **b.targets}, batch)
   frames = _torch_batch({**host, 'video_2d': torch_han.to_frames(host['video_2d'])}, b.device)
   products, products_flop = products_probe(batch)
   candidates = {'jax': jax_call(lambda: b.trainer.step(idx)),

@@ -75,11 +75,10 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from avvp_jax import data, metrics, refine, train
-from avvp_jax.data.split import Split
+from avvp_jax.data.split import FEATURES, Split
 from benchmarks import torch_han
 
 PHASES = ('base epochs', 'validation', 'refinement', 'final epochs', 'test evaluation')
-INPUTS = ('audio', 'video_2d', 'video_3d')
 # Stage 2's four swapped outputs, named as avvp_jax.refine.swapped_probs names them.
 SWAPPED = ('a_changed_audio', 'v_changed_audio', 'a_changed_visual', 'v_changed_visual')
 MAX_PARTNER_DRAWS = 100_000  # The reference draws forever; a clip with no partner stops here.
@@ -129,11 +128,11 @@ class PairDataset(torch.utils.data.Dataset):
   def __getitem__(self, i: int) -> dict:
     j = self.partner(i)
     own, other = self.clips[i], self.clips[j]
-    return {**own, **{f'{k}2': other[k] for k in INPUTS}, 'idx': i, 'idx2': j}
+    return {**own, **{f'{k}2': other[k] for k in FEATURES}, 'idx': i, 'idx2': j}
 
 
 def _train_epoch(model: torch_han.HAN, loader, optimizer, device: torch.device,
-                tau: float) -> None:
+                 tau: float) -> None:
   """One pass over the loader: per batch forward (train mode), MIL + contrastive, backward,
   one Adam update. No loss is fetched: a fetch per batch would wait for the device."""
   model.train()
@@ -157,7 +156,7 @@ def _evaluate(model: torch_han.HAN, loader, split: Split, device: torch.device) 
   per_clip = collections.defaultdict(list)
   with torch.no_grad():
     for i, clip in enumerate(loader):
-      out = model(*(clip[k].to(device, non_blocking=True) for k in INPUTS))
+      out = model(*(clip[k].to(device, non_blocking=True) for k in FEATURES))
       frame_prob, a_prob, v_prob = (out[k].cpu().numpy()
                                     for k in ('frame_prob', 'a_prob', 'v_prob'))
       pred_a, pred_v = metrics.segment_predictions(frame_prob, a_prob, v_prob)  # (1, 25, 10)
@@ -201,7 +200,8 @@ def refine_clips(model: torch_han.HAN, split: Split, refine_config, batch_size: 
 
 
 def run_pipeline(splits: dict[str, Split], config: ml_collections.ConfigDict, device='cpu',
-        seed: int = 0, loader_workers: int = 0, record: dict | None = None) -> dict[str, float]:
+                 seed: int = 0, loader_workers: int = 0,
+                 record: dict | None = None) -> dict[str, float]:
   """The three stages and the test evaluations; seconds per phase.
 
   Args:
@@ -282,7 +282,8 @@ def run_pipeline(splits: dict[str, Split], config: ml_collections.ConfigDict, de
 def main(argv):
   del argv
   f = flags.FLAGS
-  result = run_pipeline(data.load_splits(f.config.data), f.config, f.device, f.seed, f.loader_workers)
+  result = run_pipeline(data.load_splits(f.config.data), f.config, f.device, f.seed,
+                        f.loader_workers)
   with open(f.json, 'w') as out:
     json.dump(result, out, indent=1)
 

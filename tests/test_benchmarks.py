@@ -20,6 +20,7 @@ import torch
 from jax.extend import core as jax_core
 
 from avvp_jax import losses, train
+from avvp_jax.data.split import FEATURES
 from avvp_jax.models import HAN, HybridAttentionLayer
 from benchmarks import flops, profiling, report, run, sections, torch_han
 from configs import ma
@@ -156,7 +157,7 @@ def test_flop_count_is_the_train_steps_matrix_products():
            'video_3d': jnp.zeros((B, T, 512)),
            **{k: jnp.zeros((B, 25)) for k in train.TARGETS}}
   params = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), *(batch[k][:1] for k in train.INPUTS), train=False))['params']
+      jax.random.key(0), *(batch[k][:1] for k in FEATURES), train=False))['params']
   grad = jax.grad(lambda p: train.loss_fn(p, model, config.loss, batch, jax.random.key(0))[0])
   traced = _dot_flops(jax.make_jaxpr(grad)(params).jaxpr)
   assert sorted(traced) == sorted(p.flops for p in flops.products(clips=B))
